@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` (set up, run the pipeline on the synthetic mirror) and `make test`.
+# The environment is a local .venv made with pip: torch and torchvision are pinned to the wheels on this machine's
+# disk (uv and poetry would download several GB instead).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test test-fast demo lint clean-data
+
+$(BIN)/cxrexplain: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH)
+	touch $@
+
+setup: $(BIN)/cxrexplain  ## create .venv with the project and its dev tools
+
+test: setup  ## the whole suite, the reduced DVC pipeline included
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## unit tests only (no DVC pipeline run)
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: setup  ## the pipeline on the synthetic mirror with the demo profile (rewrites params.yaml)
+	$(BIN)/cxrexplain params --profile demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo "Synthetic data, not medical evidence. Metrics: metrics/*.json (dvc metrics show)."
+	@echo "Back to the study's configuration: $(BIN)/cxrexplain params --profile study"
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean-data:  ## remove pipeline outputs (not the download)
+	rm -rf data/cache data/split.csv

@@ -1,0 +1,124 @@
+"""The ``cxrexplain`` command: one sub-command per pipeline stage, plus user tools (``params``, ``synth``).
+
+DVC calls the stage commands (see dvc.yaml); a person can call them too. Errors a user can cause print one clear
+message, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.text import Text
+
+from cxrexplain.config import PARAMS_FILE, available_profiles, load_params, profile_params, write_params
+from cxrexplain.errors import CxrError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Explainable Pneumonia vs No Finding classification on NIH ChestX-ray14 (a DVC pipeline).",
+)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="the params file to read")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+
+
+@app.command()
+def params(
+    profile: Annotated[str, typer.Option(help="study (the defaults), or a file name under profiles/")] = "study",
+    check: Annotated[bool, typer.Option("--check", help="only validate the params file, write nothing")] = False,
+    path: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Write params.yaml for a profile (study, ci, demo), or --check the current one."""
+    if check:
+        load_params(path)
+        typer.echo(f"{path}: valid")
+        return
+    write_params(profile_params(profile), profile, path)
+    typer.echo(f"{path}: profile '{profile}' written (profiles: {', '.join(available_profiles())})")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to write the mirror into")],
+    patients: Annotated[int, typer.Option(help="patients to generate (ignored with --from-metadata)")] = 300,
+    size: Annotated[int, typer.Option(help="side of the PNGs in pixels (NIH: 1024)")] = 256,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
+    pneumonia_fraction: Annotated[float, typer.Option(help="share of patients with a Pneumonia image")] = 0.25,
+    from_metadata: Annotated[
+        Path | None, typer.Option(help="a real Data_Entry_2017_v2020.csv: render synthetic pixels for its index")
+    ] = None,
+    bbox: Annotated[
+        Path | None, typer.Option(help="a real BBox_List_2017.csv, to place opacities on its boxes")
+    ] = None,
+    test_list: Annotated[Path | None, typer.Option(help="a real test_list.txt, kept as the mirror's test list")] = None,
+    subset: Annotated[
+        int | None, typer.Option(help="with --from-metadata: keep this many random patients of the index")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="rendering processes")] = 2,
+    progress: ProgressOption = True,
+) -> None:
+    """Generate a synthetic NIH-format mirror (NOT medical data): 12 tarballs, the NIH CSVs and lists, MD5SUMS."""
+    from cxrexplain.data.synth import index_from_metadata, synth_index, write_mirror
+
+    if size < 32:
+        raise CxrError(f"--size: at least 32 pixels, got {size}")
+    if from_metadata is not None:
+        index = index_from_metadata(from_metadata, bbox, patients=subset, seed=seed, test_list=test_list)
+    else:
+        if not 0 < pneumonia_fraction < 1:
+            raise CxrError(f"--pneumonia-fraction: must be between 0 and 1, got {pneumonia_fraction}")
+        index = synth_index(patients, image_size=size, pneumonia_fraction=pneumonia_fraction, seed=seed)
+    manifest = write_mirror(index, out, image_size=size, seed=seed, workers=workers, show_progress=progress)
+    n_pos = int(index.entries["labels"].str.contains("Pneumonia").sum())
+    typer.echo(
+        f"{out}: {len(index.entries)} images of {index.entries['patient'].nunique()} patients "
+        f"({n_pos} with Pneumonia), {size} px; checksums in {manifest.name}. Synthetic: not medical data."
+    )
+
+
+@app.command()
+def download(path: ParamsOption = PARAMS_FILE, progress: ProgressOption = True) -> None:
+    """Stage download: fetch (or generate) the NIH mirror into data/raw/, resumable and verified."""
+    from cxrexplain.stages import download as stage
+
+    stage.run(load_params(path), show_progress=progress)
+
+
+@app.command()
+def sample(path: ParamsOption = PARAMS_FILE, progress: ProgressOption = True) -> None:
+    """Stage sample: pick the cohort and cache its images (data/cache/)."""
+    from cxrexplain.stages import sample as stage
+
+    stage.run(load_params(path), show_progress=progress)
+
+
+@app.command()
+def split(path: ParamsOption = PARAMS_FILE) -> None:
+    """Stage split: train/val/test by patient (data/split.csv)."""
+    from cxrexplain.stages import split as stage
+
+    stage.run(load_params(path))
+
+
+def main() -> None:
+    """Console-script entry point: run the app, print user errors without a traceback (exit 2)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+    )
+    try:
+        app()
+    except CxrError as error:
+        Console(stderr=True).print(Text(f"error: {error}", style="bold red"))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The typed, validated view of ``params.yaml``: the only module that reads it.
+
+The defaults of these models *are* the study's configuration on real NIH data; ``params.yaml`` is their rendering
+(``cxrexplain params``), and a profile under ``profiles/`` (``ci``, ``demo``) is a partial override merged over them.
+Every model is frozen and forbids unknown keys, so a typo, a wrong type or an impossible value fails before any work,
+with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrexplain.errors import CxrError
+
+PARAMS_FILE = Path("params.yaml")
+PROFILES_DIR = Path("profiles")
+
+# Fixed locations of the pipeline's files (relative to the repository root); dvc.yaml names the same paths.
+RAW_DIR = Path("data/raw")
+CACHE_DIR = Path("data/cache")
+SPLIT_FILE = Path("data/split.csv")
+METRICS_DIR = Path("metrics")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RetryParams(_Section):
+    attempts: int = Field(5, ge=1, description="tries per file before giving up")
+    backoff_s: float = Field(2.0, ge=0, description="first wait between tries, doubled each time (capped at 60 s)")
+    timeout_s: float = Field(60.0, gt=0, description="seconds without data before a try is abandoned")
+
+
+class SyntheticParams(_Section):
+    patients: int = Field(3000, ge=4, description="patients in the generated mirror (images: about 1.9 per patient)")
+    image_size: int = Field(1024, ge=32, le=2048, description="side of the generated PNGs in pixels (NIH: 1024)")
+    pneumonia_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of patients with at least one Pneumonia image (NIH: 3.3 %)"
+    )
+    seed: int = Field(0, description="seed of the generator: same seed, same bytes")
+
+
+class DataParams(_Section):
+    source: Literal["nih", "synthetic"] = Field(
+        "nih", description="nih: the 12 official archives; synthetic: the project's generated NIH-format mirror"
+    )
+    mirror: str | None = Field(
+        None, description="base URL or local directory with the NIH file names, used instead of the official links"
+    )
+    retry: RetryParams = RetryParams()
+    synthetic: SyntheticParams = SyntheticParams()
+
+
+class SampleParams(_Section):
+    positive: Literal["contains", "only"] = Field(
+        "contains", description="contains: labels include Pneumonia; only: Pneumonia is the only label"
+    )
+    views: tuple[Literal["PA", "AP"], ...] = Field(("PA", "AP"), min_length=1, description="view positions kept")
+    per_class: int = Field(5000, ge=1, description="images wanted per class (the study: 5,000)")
+    balance: bool = Field(True, description="take as many No Finding images as Pneumonia images were found")
+    image_size: int = Field(256, ge=32, le=1024, description="side of the cached 8-bit grayscale images")
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class SplitParams(_Section):
+    train: float = Field(0.70, gt=0, lt=1, description="share of images for training")
+    val: float = Field(0.15, gt=0, lt=1, description="share for validation (early stopping, threshold choice)")
+    test: float = Field(0.15, gt=0, lt=1, description="share for the held-out test")
+    group_by: Literal["patient", "image"] = Field(
+        "patient", description="patient: no patient in two splits; image: the study's leaky protocol, for an audit"
+    )
+    official_test: bool = Field(False, description="use NIH test_list.txt as the test set (train/val split the rest)")
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train + val + test must sum to 1, got {self.train} + {self.val} + {self.test} = {total:g}"
+            )
+        return self
+
+
+class Params(_Section):
+    seed: int = Field(42, description="global seed: sampling, splitting, training")
+    workers: int = Field(
+        4, ge=1, description="processes for parallel work (rendering, reading archives); never changes results"
+    )
+    data: DataParams = DataParams()
+    sample: SampleParams = SampleParams()
+    split: SplitParams = SplitParams()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in error.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def validate(raw: Mapping[str, Any], source: str = str(PARAMS_FILE)) -> Params:
+    """Validate a parsed params mapping; a :class:`CxrError` lists every bad key with its value."""
+    if not isinstance(raw, Mapping):
+        raise CxrError(f"{source}: expected a mapping of parameters at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(_yaml_to_model(raw))
+    except ValidationError as error:
+        raise CxrError(_format_errors(source, error)) from None
+
+
+def _yaml_to_model(raw: Any) -> Any:
+    """YAML lists become tuples (the models are frozen); everything else is passed through as parsed."""
+    if isinstance(raw, Mapping):
+        return {key: _yaml_to_model(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return tuple(_yaml_to_model(value) for value in raw)
+    return raw
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a :class:`CxrError` naming the file (and line)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise CxrError(
+            f"{path}: file not found (run from the repository root, or render it: cxrexplain params)"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CxrError(f"{path}: not valid YAML: {error}") from None
+    return {} if data is None else data
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (or ``path``)."""
+    return validate(read_yaml(Path(path)), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Profiles
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged over ``base``, recursively for nested mappings; lists and scalars are replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    """``study`` (the defaults) plus every ``profiles/<name>.yaml``."""
+    return ["study", *sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))]
+
+
+def profile_params(name: str, profiles_dir: Path = PROFILES_DIR) -> Params:
+    """The study's defaults with the named profile merged over them (``study``: the defaults alone)."""
+    defaults = Params().model_dump(mode="json")
+    if name == "study":
+        return validate(defaults, "study defaults")
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise CxrError(
+            f"unknown profile {name!r}: no {path} (available: {', '.join(available_profiles(profiles_dir))})"
+        )
+    override = read_yaml(path)
+    if not isinstance(override, Mapping):
+        raise CxrError(f"{path}: expected a mapping of parameters to override")
+    return validate(deep_merge(defaults, override), str(path))
+
+
+def _comment_lines(model: type[BaseModel], data: Mapping[str, Any], indent: int) -> Iterator[str]:
+    pad = "  " * indent
+    for key, value in data.items():
+        field = model.model_fields[key]
+        annotation = field.annotation
+        if isinstance(value, Mapping) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            note = f"  # {field.description}" if field.description else ""
+            yield f"{pad}{key}:{note}"
+            yield from _comment_lines(annotation, value, indent + 1)
+            continue
+        shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        note = f"  # {field.description}" if field.description else ""
+        yield f"{pad}{key}: {shown}{note}"
+
+
+def render_params(params: Params, profile: str) -> str:
+    """``params.yaml`` text for ``params``: every key, each with its description as a comment."""
+    header = [
+        f"# Pipeline parameters: profile '{profile}', rendered by `cxrexplain params --profile {profile}`.",
+        "# The study's configuration is the default (profile 'study'); profiles/*.yaml override parts of it.",
+        "# Edit values here or with `dvc exp run -S key=value`; every key is validated before a stage does any work.",
+    ]
+    body = _comment_lines(Params, params.model_dump(mode="json"), 0)
+    return "\n".join([*header, *body]) + "\n"
+
+
+def write_params(params: Params, profile: str, path: Path = PARAMS_FILE) -> None:
+    """Write ``params.yaml`` atomically; the written file is re-read and must validate to the same values."""
+    text = render_params(params, profile)
+    if validate(yaml.safe_load(text), str(path)) != params:  # guard against a rendering bug
+        raise AssertionError("rendered params do not round-trip")
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)

@@ -1,0 +1,378 @@
+"""The downloader against a real threaded HTTP server on 127.0.0.1 with fault injection, and a local mirror."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+import socket
+import tarfile
+from pathlib import Path
+
+import pytest
+from rich.progress import Progress
+
+from cxrexplain.data.download import (
+    RemoteFile,
+    RetryPolicy,
+    fetch,
+    fetch_all,
+    md5_file,
+    resolve_sources,
+)
+from cxrexplain.errors import CxrError
+from httpmirror import FakeMirror
+
+FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, timeout_s=5.0)
+
+
+def _random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _tar_gz(seed: int, members: int = 3, size: int = 100_000) -> bytes:
+    """A real (incompressible, hence ~``members * size`` bytes) ``.tar.gz`` holding ``images/<i>.png`` members."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for i in range(members):
+            payload = _random_bytes(size, seed * 100 + i)
+            info = tarfile.TarInfo(f"images/{i:08d}_000.png")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. full downloads
+
+
+def test_fetch_all_downloads_and_verifies_several_files(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {
+        "images_001.tar.gz": _tar_gz(1),
+        "images_002.tar.gz": _tar_gz(2),
+        "Data_Entry_2017_v2020.csv": _random_bytes(250_000, 3),
+    }
+    files = [server.remote(name) for name in server.files]
+    dest = tmp_path / "raw"
+
+    paths = fetch_all(files, dest, retry=FAST, show_progress=True)
+
+    assert paths == [dest / f.name for f in files]
+    for path, f in zip(paths, files, strict=True):
+        assert path.read_bytes() == server.files[f.name]
+        assert md5_file(path) == f.md5
+    assert _listing(dest) == sorted(server.files)  # no .part left behind
+    assert [r.name for r in server.requests] == list(server.files)  # one request each, in order
+    assert all("Range" not in r.headers and r.status == 200 for r in server.requests)
+    with tarfile.open(paths[0]) as tar:  # the archive is usable as such
+        assert tar.getnames() == [f"images/{i:08d}_000.png" for i in range(3)]
+
+
+def test_md5_file_matches_hashlib_for_any_chunk_size(tmp_path: Path) -> None:
+    data = _random_bytes(300_001, 9)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert md5_file(path) == md5_file(path, chunk=7) == _md5(data)
+
+
+def test_bytes_are_kept_raw_when_server_labels_gzip(server: FakeMirror, tmp_path: Path) -> None:
+    """A .tar.gz served with Content-Encoding: gzip must land as served, not gunzipped into a .tar."""
+    server.files = {"images_003.tar.gz": _tar_gz(4)}
+    server.gzip_label = True
+    path = fetch(server.remote("images_003.tar.gz"), tmp_path, retry=FAST)
+    assert path.read_bytes() == server.files["images_003.tar.gz"]
+    assert server.requests[0].headers.get("Accept-Encoding") == "identity"
+
+
+def test_unknown_md5_is_downloaded_without_verification(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {"test_list.txt": b"00000001_000.png\n00000002_000.png\n"}
+    path = fetch(server.remote("test_list.txt", md5=False), tmp_path, retry=FAST)
+    assert path.read_bytes() == server.files["test_list.txt"]
+    assert _listing(tmp_path) == ["test_list.txt"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2-4. resuming
+
+
+def test_resumes_after_connection_cut_mid_file(server: FakeMirror, tmp_path: Path, caplog) -> None:
+    data = _random_bytes(600_000, 5)
+    cut = 123_457
+    server.files = {"images_004.tar.gz": data}
+    server.cut_after = {"images_004.tar.gz": cut}
+    progress = Progress(disable=True)
+
+    with caplog.at_level(logging.WARNING, logger="cxrexplain.download"):
+        path = fetch(server.remote("images_004.tar.gz"), tmp_path, retry=FAST, progress=progress)
+
+    assert path.read_bytes() == data
+    assert md5_file(path) == _md5(data)
+    assert server.ranges("images_004.tar.gz") == [None, f"bytes={cut}-"]
+    assert [(r.status, r.sent) for r in server.requests] == [(200, cut), (206, len(data) - cut)]
+    assert _listing(tmp_path) == ["images_004.tar.gz"]
+    assert any("images_004.tar.gz" in r.getMessage() and "attempt 1/3" in r.getMessage() for r in caplog.records)
+    (task,) = progress.tasks
+    assert (task.total, task.completed) == (len(data), len(data))
+
+
+def test_resumes_existing_partial_file_instead_of_restarting(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(400_000, 6)
+    have = 150_000
+    server.files = {"images_005.tar.gz": data}
+    (tmp_path / "images_005.tar.gz.part").write_bytes(data[:have])  # left by an interrupted earlier run
+
+    path = fetch(server.remote("images_005.tar.gz"), tmp_path, retry=FAST)
+
+    assert path.read_bytes() == data
+    assert server.ranges("images_005.tar.gz") == [f"bytes={have}-"]
+    assert [(r.status, r.sent) for r in server.requests] == [(206, len(data) - have)]  # only the missing tail
+    assert _listing(tmp_path) == ["images_005.tar.gz"]
+
+
+def test_server_ignoring_range_restarts_from_zero(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(300_000, 7)
+    server.files = {"images_006.tar.gz": data}
+    server.ignore_range = True
+    # A .part whose bytes are NOT a prefix of the file: appending the 200 body to it would fail the MD5.
+    (tmp_path / "images_006.tar.gz.part").write_bytes(b"\x00" * 50_000)
+
+    path = fetch(server.remote("images_006.tar.gz"), tmp_path, retry=FAST)
+
+    assert path.read_bytes() == data
+    assert server.ranges("images_006.tar.gz") == ["bytes=50000-"]
+    assert [(r.status, r.sent) for r in server.requests] == [(200, len(data))]
+    assert _listing(tmp_path) == ["images_006.tar.gz"]
+
+
+def test_cut_transfer_on_server_ignoring_range_still_completes(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(300_000, 8)
+    server.files = {"f.bin": data}
+    server.ignore_range = True
+    server.cut_after = {"f.bin": 100_000}
+    path = fetch(server.remote("f.bin"), tmp_path, retry=FAST)
+    assert path.read_bytes() == data
+    assert server.ranges("f.bin") == [None, "bytes=100000-"]
+    assert [r.status for r in server.requests] == [200, 200]
+
+
+def test_complete_part_answered_416_is_verified_and_renamed(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(200_000, 10)
+    server.files = {"images_007.tar.gz": data}
+    (tmp_path / "images_007.tar.gz.part").write_bytes(data)
+
+    path = fetch(server.remote("images_007.tar.gz"), tmp_path, retry=FAST)
+
+    assert path.read_bytes() == data
+    assert [(r.status, r.headers.get("Range")) for r in server.requests] == [(416, f"bytes={len(data)}-")]
+    assert _listing(tmp_path) == ["images_007.tar.gz"]
+
+
+def test_oversized_part_answered_416_fails_md5_and_is_deleted(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(200_000, 11)
+    server.files = {"images_008.tar.gz": data}
+    (tmp_path / "images_008.tar.gz.part").write_bytes(data + b"junk")
+
+    with pytest.raises(CxrError, match="MD5"):
+        fetch(server.remote("images_008.tar.gz"), tmp_path, retry=FAST)
+    assert _listing(tmp_path) == []
+    # the next run starts from zero and succeeds
+    assert fetch(server.remote("images_008.tar.gz"), tmp_path, retry=FAST).read_bytes() == data
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5-7. errors
+
+
+def test_corrupted_byte_raises_md5_error_and_leaves_nothing(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(250_000, 12)
+    server.files = {"images_009.tar.gz": data}
+    server.corrupt = {"images_009.tar.gz"}
+    remote = server.remote("images_009.tar.gz")
+
+    with pytest.raises(CxrError) as info:
+        fetch(remote, tmp_path, retry=FAST)
+
+    message = str(info.value)
+    assert "images_009.tar.gz" in message and "MD5" in message
+    assert remote.md5 is not None and remote.md5 in message  # expected
+    assert _md5(data[:125_000] + bytes([data[125_000] ^ 0xFF]) + data[125_001:]) in message  # actual
+    assert "re-run" in message.lower() and "mirror" in message
+    assert _listing(tmp_path) == []  # neither the final name nor a .part
+    assert len(server.requests) == 1  # a checksum mismatch is not retried in a loop
+
+
+def test_404_raises_with_file_status_and_mirror_advice(server: FakeMirror, tmp_path: Path) -> None:
+    remote = RemoteFile("images_010.tar.gz", server.url("images_010.tar.gz"), "0" * 32)
+
+    with pytest.raises(CxrError) as info:
+        fetch(remote, tmp_path, retry=FAST)
+
+    message = str(info.value)
+    assert "images_010.tar.gz" in message and "404" in message and "mirror" in message
+    assert remote.url in message and "synthetic" in message
+    assert len(server.requests) == 1  # a 4xx is not retried
+    assert _listing(tmp_path) == []
+
+
+def test_no_network_raises_after_all_attempts(tmp_path: Path, caplog) -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    remote = RemoteFile("images_011.tar.gz", f"http://127.0.0.1:{port}/images_011.tar.gz", None)
+
+    with caplog.at_level(logging.WARNING, logger="cxrexplain.download"), pytest.raises(CxrError) as info:
+        fetch(remote, tmp_path, retry=FAST)
+
+    message = str(info.value)
+    assert "network" in message and "images_011.tar.gz" in message and remote.url in message
+    assert f"after {FAST.attempts} attempts" in message and "mirror" in message
+    retries = [r for r in caplog.records if r.name == "cxrexplain.download" and "retrying" in r.getMessage()]
+    assert len(retries) == FAST.attempts - 1
+    assert [f"attempt {k}/{FAST.attempts}" in r.getMessage() for k, r in enumerate(retries, start=1)] == [True] * 2
+    assert _listing(tmp_path) == []
+
+
+def test_persistent_503_gives_up_after_attempts(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {"x.bin": b"x"}
+
+    class Always503(set[str]):
+        def discard(self, name: str) -> None:  # never forget: every request fails
+            pass
+
+    server.fail_503_once = Always503({"x.bin"})
+    with pytest.raises(CxrError, match=r"x\.bin.*after 3 attempts.*HTTP 503"):
+        fetch(server.remote("x.bin"), tmp_path, retry=FAST)
+    assert len(server.requests) == FAST.attempts
+    assert _listing(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8-9. skipping, replacing corrupt files, retrying 5xx
+
+
+def test_present_and_verified_file_is_skipped_without_requests(server: FakeMirror, tmp_path: Path) -> None:
+    data = _random_bytes(200_000, 13)
+    server.files = {"images_012.tar.gz": data}
+    (tmp_path / "images_012.tar.gz").write_bytes(data)
+    progress = Progress(disable=True)
+
+    path = fetch(server.remote("images_012.tar.gz"), tmp_path, retry=FAST, progress=progress)
+
+    assert path == tmp_path / "images_012.tar.gz" and path.read_bytes() == data
+    assert server.requests == []
+    assert progress.tasks[0].completed == len(data)
+    # md5 unknown and present: also skipped, whatever the content
+    (tmp_path / "notes.txt").write_bytes(b"mine")
+    assert fetch(RemoteFile("notes.txt", server.url("notes.txt"), None), tmp_path).read_bytes() == b"mine"
+    assert server.requests == []
+
+
+def test_present_but_corrupt_file_is_renamed_and_downloaded_again(server: FakeMirror, tmp_path: Path, caplog) -> None:
+    data = _random_bytes(200_000, 14)
+    stale = data[:-1] + b"?"
+    server.files = {"images_001.tar.gz": data}
+    (tmp_path / "images_001.tar.gz").write_bytes(stale)
+
+    with caplog.at_level(logging.WARNING, logger="cxrexplain.download"):
+        path = fetch(server.remote("images_001.tar.gz"), tmp_path, retry=FAST)
+
+    assert path.read_bytes() == data
+    assert (tmp_path / "images_001.tar.gz.corrupt").read_bytes() == stale
+    assert _listing(tmp_path) == ["images_001.tar.gz", "images_001.tar.gz.corrupt"]
+    assert len(server.requests) == 1
+    assert any(".corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_503_once_is_retried(server: FakeMirror, tmp_path: Path, caplog) -> None:
+    data = _random_bytes(220_000, 15)
+    server.files = {"BBox_List_2017.csv": data}
+    server.fail_503_once = {"BBox_List_2017.csv"}
+
+    with caplog.at_level(logging.WARNING, logger="cxrexplain.download"):
+        path = fetch(server.remote("BBox_List_2017.csv"), tmp_path, retry=FAST)
+
+    assert path.read_bytes() == data
+    assert [r.status for r in server.requests] == [503, 200]
+    assert any("503" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+    assert _listing(tmp_path) == ["BBox_List_2017.csv"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. local mirror and resolve_sources
+
+
+def test_local_directory_mirror_is_copied_and_verified(tmp_path: Path) -> None:
+    mirror = tmp_path / "kaggle"
+    mirror.mkdir()
+    files = {"images_001.tar.gz": _tar_gz(21), "train_val_list.txt": b"00000001_000.png\n"}
+    for name, data in files.items():
+        (mirror / name).write_bytes(data)
+    md5s = {"images_001.tar.gz": _md5(files["images_001.tar.gz"])}  # the list has no published MD5
+    remotes = resolve_sources(list(files), default_urls={}, md5s=md5s, mirror=str(mirror))
+    dest = tmp_path / "raw"
+
+    paths = fetch_all(remotes, dest, retry=FAST, show_progress=False)
+
+    assert [p.read_bytes() for p in paths] == list(files.values())
+    assert _listing(dest) == sorted(files)
+    assert (mirror / "images_001.tar.gz").read_bytes() == files["images_001.tar.gz"]  # source untouched
+
+
+def test_local_mirror_errors_name_the_path(tmp_path: Path) -> None:
+    mirror = tmp_path / "kaggle"
+    mirror.mkdir()
+    missing = RemoteFile("images_002.tar.gz", str(mirror / "images_002.tar.gz"), None)
+    with pytest.raises(CxrError, match=r"images_002\.tar\.gz") as info:
+        fetch(missing, tmp_path / "raw")
+    assert str(mirror / "images_002.tar.gz") in str(info.value)
+
+    (mirror / "images_003.tar.gz").write_bytes(b"not the archive")
+    wrong = RemoteFile("images_003.tar.gz", str(mirror / "images_003.tar.gz"), "0" * 32)
+    with pytest.raises(CxrError, match=r"MD5 mismatch for images_003\.tar\.gz"):
+        fetch(wrong, tmp_path / "raw")
+    assert _listing(tmp_path / "raw") == []
+
+
+def test_resolve_sources_official_url_and_directory_mirrors(tmp_path: Path) -> None:
+    names = ["images_001.tar.gz", "test_list.txt"]
+    urls = {"images_001.tar.gz": "https://nihcc.box.com/shared/static/abc.gz", "test_list.txt": "https://x/t.txt"}
+    md5s = {"images_001.tar.gz": "fe8ed0a6961412fddcbb3603c11b3698"}
+
+    official = resolve_sources(names, default_urls=urls, md5s=md5s, mirror=None)
+    assert official == [
+        RemoteFile(
+            "images_001.tar.gz", "https://nihcc.box.com/shared/static/abc.gz", "fe8ed0a6961412fddcbb3603c11b3698"
+        ),
+        RemoteFile("test_list.txt", "https://x/t.txt", None),
+    ]
+    for base in ("http://127.0.0.1:8000/nih", "http://127.0.0.1:8000/nih/"):
+        via_url = resolve_sources(names, default_urls={}, md5s=md5s, mirror=base)
+        assert [f.url for f in via_url] == [
+            "http://127.0.0.1:8000/nih/images_001.tar.gz",
+            "http://127.0.0.1:8000/nih/test_list.txt",
+        ]
+        assert [f.md5 for f in via_url] == ["fe8ed0a6961412fddcbb3603c11b3698", None]
+    via_dir = resolve_sources(names, default_urls={}, md5s=md5s, mirror=str(tmp_path))
+    assert [f.url for f in via_dir] == [str(tmp_path / n) for n in names]
+
+
+def test_resolve_sources_without_link_or_mirror_says_what_to_do() -> None:
+    with pytest.raises(CxrError) as info:
+        resolve_sources(["BBox_List_2017.csv"], default_urls={}, md5s={}, mirror=None)
+    message = str(info.value)
+    assert "BBox_List_2017.csv" in message and "data.mirror" in message and "by hand" in message
+
+
+def test_invalid_retry_policy_is_a_user_error() -> None:
+    with pytest.raises(CxrError, match="attempts"):
+        RetryPolicy(attempts=0)
+    assert [RetryPolicy(backoff_s=2.0, max_backoff_s=10.0).delay(k) for k in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]

@@ -1,0 +1,77 @@
+"""Patient-wise stratified splitting: no leakage, the asked fractions, determinism, the official test list."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrexplain.data.split import assign_splits, fold_counts, leakage, split_summary
+from cxrexplain.errors import CxrError
+
+
+def cohort(n_patients: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Patients with 1-6 images; a patient's images are mostly of one class, some mixed."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for patient in range(1, n_patients + 1):
+        base = rng.random() < 0.4
+        for follow_up in range(int(rng.integers(1, 7))):
+            label = int(base if rng.random() < 0.85 else not base)
+            rows.append((f"{patient:08d}_{follow_up:03d}.png", patient, label))
+    return pd.DataFrame(rows, columns=["image", "patient", "label"])
+
+
+def test_fold_counts():
+    assert fold_counts({"train": 0.7, "val": 0.15, "test": 0.15}) == (20, {"train": 14, "val": 3, "test": 3})
+    assert fold_counts({"train": 0.8, "val": 0.1, "test": 0.1}) == (10, {"train": 8, "val": 1, "test": 1})
+    assert fold_counts({"train": 0.5, "val": 0.5}) == (2, {"train": 1, "val": 1})
+    k, counts = fold_counts({"train": 0.7 / 0.85, "val": 0.15 / 0.85})
+    assert (k, counts) == (17, {"train": 14, "val": 3})
+
+
+def test_patient_split_has_no_leakage_and_the_asked_fractions():
+    index = cohort()
+    split = assign_splits(index, train=0.7, val=0.15, test=0.15, seed=1)
+    assert leakage(index, split)["any"] == 0
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.70) < 0.04
+    assert abs(shares["val"] - 0.15) < 0.03
+    assert abs(shares["test"] - 0.15) < 0.03
+    summary = split_summary(index, split)
+    prevalence = index["label"].mean()
+    for name in ("train", "val", "test"):  # stratified: each split's prevalence near the cohort's
+        assert abs(summary[name]["pneumonia"] / summary[name]["images"] - prevalence) < 0.08
+    assert sum(s["images"] for s in summary.values()) == len(index)
+
+
+def test_image_split_leaks_patients_and_says_how_many():
+    index = cohort()
+    split = assign_splits(index, train=0.7, val=0.15, test=0.15, group_by="image", seed=1)
+    leaks = leakage(index, split)
+    assert leaks["any"] > 50  # most multi-image patients straddle splits
+    assert leaks["train_test"] > 0
+
+
+def test_deterministic_for_a_seed():
+    index = cohort()
+    a = assign_splits(index, train=0.7, val=0.15, test=0.15, seed=7)
+    b = assign_splits(index, train=0.7, val=0.15, test=0.15, seed=7)
+    c = assign_splits(index, train=0.7, val=0.15, test=0.15, seed=8)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_official_test_list_is_the_test_set_and_pulls_in_whole_patients():
+    index = cohort()
+    listed = set(index.loc[index["patient"] <= 60, "image"])
+    listed.discard("00000001_000.png")  # patient 1 still has another listed image? then all of them go to test
+    split = assign_splits(index, train=0.7, val=0.15, test=0.15, seed=0, test_images=listed)
+    assert set(index.loc[split == "test", "patient"]) == set(index.loc[index["image"].isin(listed), "patient"])
+    assert leakage(index, split)["any"] == 0
+    rest = split[split != "test"].value_counts(normalize=True)
+    assert abs(rest["train"] - 0.7 / 0.85) < 0.05
+
+
+def test_too_few_patients_for_the_folds_is_a_clear_error():
+    index = cohort(n_patients=10)
+    with pytest.raises(CxrError, match=r"10 patients cannot be cut into 20 folds"):
+        assign_splits(index, train=0.7, val=0.15, test=0.15)

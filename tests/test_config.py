@@ -1,0 +1,110 @@
+"""params.yaml validation: every bad key fails before any work, naming the key; profiles merge over the study."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxrexplain.config import (
+    Params,
+    deep_merge,
+    load_params,
+    profile_params,
+    render_params,
+    validate,
+    write_params,
+)
+from cxrexplain.errors import CxrError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_study_configuration():
+    p = Params()
+    assert p.data.source == "nih"
+    assert p.sample.per_class == 5000
+    assert (p.split.train, p.split.val, p.split.test) == (0.70, 0.15, 0.15)
+    assert p.split.group_by == "patient"
+    assert p.sample.views == ("PA", "AP")
+
+
+def test_committed_params_yaml_is_the_rendered_study_profile():
+    """params.yaml on main is exactly what `cxrexplain params --profile study` writes."""
+    assert (ROOT / "params.yaml").read_text() == render_params(profile_params("study"), "study")
+
+
+@pytest.mark.parametrize("profile", ["ci", "demo"])
+def test_profiles_validate_and_use_synthetic_data(profile):
+    p = profile_params(profile, ROOT / "profiles")
+    assert p.data.source == "synthetic"
+    assert p.sample.per_class < Params().sample.per_class
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"data": {"sorce": "nih"}}, "data.sorce: unknown key"),
+        ({"data": {"source": "kaggle"}}, "data.source: Input should be 'nih' or 'synthetic' (got 'kaggle')"),
+        ({"sample": {"per_class": "many"}}, "sample.per_class: Input should be a valid integer"),
+        ({"sample": {"per_class": 0}}, "sample.per_class: Input should be greater than or equal to 1 (got 0)"),
+        ({"sample": {"image_size": 256.0}}, "sample.image_size: Input should be a valid integer"),
+        ({"sample": {"balance": "yes"}}, "sample.balance: Input should be a valid boolean"),
+        ({"sample": {"views": ["PA", "LL"]}}, "sample.views.1: Input should be 'PA' or 'AP' (got 'LL')"),
+        ({"split": {"train": 0.8}}, "split: train + val + test must sum to 1, got 0.8 + 0.15 + 0.15 = 1.1"),
+        ({"split": {"group_by": "study"}}, "split.group_by: Input should be 'patient' or 'image'"),
+    ],
+)
+def test_invalid_params_name_the_key(raw, fragment):
+    with pytest.raises(CxrError) as info:
+        validate(raw, "params.yaml")
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("params.yaml: invalid parameters")
+
+
+def test_all_errors_are_reported_at_once():
+    with pytest.raises(CxrError) as info:
+        validate({"bogus": 1, "data": {"source": "x"}})
+    assert "bogus" in str(info.value) and "data.source" in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(CxrError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(CxrError, match="not valid YAML"):
+        load_params(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(CxrError, match="expected a mapping"):
+        load_params(listy)
+
+
+def test_unknown_profile_lists_the_available_ones(tmp_path):
+    (tmp_path / "ci.yaml").write_text("seed: 1\n")
+    with pytest.raises(CxrError, match=r"unknown profile 'fast'.*available: study, ci"):
+        profile_params("fast", tmp_path)
+
+
+def test_profile_with_a_bad_key_names_the_profile_file(tmp_path):
+    (tmp_path / "x.yaml").write_text("sample:\n  per_clas: 3\n")
+    with pytest.raises(CxrError, match=r"x\.yaml: invalid parameters\n  sample\.per_clas: unknown key"):
+        profile_params("x", tmp_path)
+
+
+def test_deep_merge_replaces_leaves_and_keeps_siblings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    assert deep_merge(base, {"a": {"c": [9]}}) == {"a": {"b": 1, "c": [9]}, "d": 3}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+
+
+def test_write_params_round_trips_with_comments(tmp_path):
+    p = profile_params("ci", ROOT / "profiles")
+    target = tmp_path / "params.yaml"
+    write_params(p, "ci", target)
+    text = target.read_text()
+    assert "profile 'ci'" in text
+    assert "# nih: the 12 official archives" in text
+    assert load_params(target) == p
+    assert yaml.safe_load(text)["sample"]["views"] == ["PA", "AP"]

@@ -1,0 +1,83 @@
+"""The reduced pipeline end to end through DVC, from a fresh copy of the repository (the slow tier)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    """The working tree's files (tracked and new, not ignored) in a new git repository, with the ci profile."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    dest = tmp_path_factory.mktemp("repo")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(
+        GIT_AUTHOR_NAME="ci",
+        GIT_AUTHOR_EMAIL="ci@localhost",
+        GIT_COMMITTER_NAME="ci",
+        GIT_COMMITTER_EMAIL="ci@localhost",
+    )
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-q", "-m", "snapshot"], dest, env)
+    run(["cxrexplain", "params", "--profile", "ci"], dest, env)
+    return dest, env
+
+
+def test_reduced_pipeline_runs_the_data_stages_then_is_up_to_date(repo):
+    dest, env = repo
+    run(["dvc", "repro", "split"], dest, env)
+    sample = json.loads((dest / "metrics/sample.json").read_text())
+    assert sample["source"] == "synthetic"
+    assert sample["cached"]["pneumonia"] == sample["cached"]["no_finding"] > 50  # balanced
+    assert sample["rejected"] == 0
+    split = pd.read_csv(dest / "data/split.csv")
+    assert len(split) == sample["cached"]["images"]
+    per_patient = split.groupby("patient")["split"].nunique()
+    assert (per_patient == 1).all()  # no patient in two splits
+    metrics = json.loads((dest / "metrics/split.json").read_text())
+    assert metrics["patients_in_two_splits"]["any"] == 0
+    assert (dest / "data/raw/MD5SUMS").is_file()
+
+    again = run(["dvc", "repro"], dest, env)
+    assert "Data and pipelines are up to date." in again
+    status = run(["dvc", "status"], dest, env)
+    assert "up to date" in status
+
+
+def test_changing_a_split_param_reruns_only_split(repo):
+    dest, env = repo
+    run(["dvc", "repro", "split"], dest, env)
+    params = (dest / "params.yaml").read_text().replace("group_by: patient", "group_by: image")
+    (dest / "params.yaml").write_text(params)
+    out = run(["dvc", "repro", "split"], dest, env)
+    assert "Running stage 'split'" in out
+    assert "Running stage 'sample'" not in out and "Running stage 'download'" not in out
+    metrics = json.loads((dest / "metrics/split.json").read_text())
+    assert metrics["group_by"] == "image"
+    assert metrics["patients_in_two_splits"]["any"] > 0  # the leak the study's protocol allows
