@@ -1,0 +1,48 @@
+"""The command line: user errors are one clear message and exit status 2, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxrexplain.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_invalid_params_fail_before_any_work_naming_the_key(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  source: kaggle\nsample:\n  per_clas: 10\n")
+    result = cli("sample", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.source: Input should be 'nih' or 'synthetic' (got 'kaggle')" in result.stderr
+    assert "sample.per_clas: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_params_profile_then_check(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "ci.yaml").write_text((root / "profiles" / "ci.yaml").read_text())
+    assert cli("params", "--profile", "ci", cwd=tmp_path).returncode == 0
+    assert "source: synthetic" in (tmp_path / "params.yaml").read_text()
+    check = cli("params", "--check", cwd=tmp_path)
+    assert check.returncode == 0 and "params.yaml: valid" in check.stdout
+    unknown = cli("params", "--profile", "nope", cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown profile 'nope'" in unknown.stderr
+
+
+def test_synth_writes_a_mirror_and_says_it_is_synthetic(tmp_path):
+    result = cli("synth", str(tmp_path / "m"), "--patients", "12", "--size", "48", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Synthetic: not medical data." in result.stdout
+    assert (tmp_path / "m" / "MD5SUMS").is_file()
+    bad = cli("synth", str(tmp_path / "n"), "--size", "8", cwd=tmp_path)
+    assert bad.returncode == 2 and "--size: at least 32 pixels" in bad.stderr
+
+
+def test_split_before_sample_says_which_stage_to_run(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    result = cli("split", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data/cache/index.csv: not found; run the sample stage first" in result.stderr
