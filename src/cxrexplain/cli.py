@@ -108,6 +108,21 @@ def split(path: ParamsOption = PARAMS_FILE) -> None:
     stage.run(load_params(path))
 
 
+@app.command()
+def train(
+    arch: Annotated[str, typer.Option(help="resnet50 or densenet121")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from models/<arch>/last.ckpt if it exists")
+    ] = False,
+    path: ParamsOption = PARAMS_FILE,
+    progress: ProgressOption = True,
+) -> None:
+    """Stage train@arch: fit the backbone with the study's head, tracked in MLflow (models/<arch>/)."""
+    from cxrexplain.stages import train as stage
+
+    stage.run(load_params(path), arch, resume=resume, show_progress=progress)
+
+
 def main() -> None:
     """Console-script entry point: run the app, print user errors without a traceback (exit 2)."""
     logging.basicConfig(

@@ -27,6 +27,8 @@ RAW_DIR = Path("data/raw")
 CACHE_DIR = Path("data/cache")
 SPLIT_FILE = Path("data/split.csv")
 METRICS_DIR = Path("metrics")
+MODELS_DIR = Path("models")
+ARCHS = ("resnet50", "densenet121")
 
 
 class _Section(BaseModel):
@@ -44,6 +46,9 @@ class SyntheticParams(_Section):
     image_size: int = Field(1024, ge=32, le=2048, description="side of the generated PNGs in pixels (NIH: 1024)")
     pneumonia_fraction: float = Field(
         0.25, gt=0, lt=1, description="share of patients with at least one Pneumonia image (NIH: 3.3 %)"
+    )
+    opacity_scale: float = Field(
+        1.0, gt=0, le=3, description="multiplies the opacities' radii (reduced profiles: larger, for small CPU budgets)"
     )
     seed: int = Field(0, description="seed of the generator: same seed, same bytes")
 
@@ -93,6 +98,42 @@ class SplitParams(_Section):
         return self
 
 
+class ModelParams(_Section):
+    pretrained: str = Field(
+        "imagenet", description="imagenet (torchvision weights), none (from scratch) or a path to a state dict"
+    )
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the head's Linear(256)")
+
+
+class AugmentParams(_Section):
+    rotate_deg: float = Field(10.0, ge=0, le=180, description="random rotation within ±this many degrees")
+    zoom: float = Field(0.10, ge=0, lt=1, description="random zoom within ±this fraction")
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    contrast: float = Field(0.2, ge=0, le=1, description="random contrast change within ±this fraction")
+    brightness: float = Field(0.2, ge=0, le=1, description="random brightness change within ±this fraction")
+
+
+class TrainParams(_Section):
+    image_size: int = Field(224, ge=32, le=1024, description="network input side (cache images are resized to it)")
+    batch_size: int = Field(32, ge=1, description="images per step and device")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    max_epochs: int = Field(30, ge=1, description="upper bound on epochs")
+    patience: int = Field(5, ge=1, description="early stopping: epochs without a better val loss")
+    pos_weight: float | Literal["auto"] | None = Field(
+        None, description="BCE weight of Pneumonia: null (none), a number, or auto (negatives / positives in train)"
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
+    devices: int | Literal["auto"] = Field("auto", description="devices per node (GPUs, or CPU processes for ddp)")
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field("auto", description="auto, or ddp for multi-GPU / multi-node")
+    num_nodes: int = Field(1, ge=1, description="machines in a multi-node run")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on GPUs that support it, 32-true otherwise"
+    )
+    deterministic: bool = Field(True, description="deterministic algorithms: same params and seed, same metrics")
+    resume: bool = Field(False, description="continue from models/<arch>/last.ckpt when a run was interrupted")
+    augment: AugmentParams = AugmentParams()
+
+
 class Params(_Section):
     seed: int = Field(42, description="global seed: sampling, splitting, training")
     workers: int = Field(
@@ -101,6 +142,8 @@ class Params(_Section):
     data: DataParams = DataParams()
     sample: SampleParams = SampleParams()
     split: SplitParams = SplitParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import io
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -94,13 +94,27 @@ def _labels_for(rng: np.random.Generator, pneumonia: bool) -> str:
     return layout.LABEL_SEPARATOR.join(_weighted_choice(rng, _OTHER_FINDINGS, k))
 
 
-def synth_index(patients: int, *, image_size: int, pneumonia_fraction: float = 0.25, seed: int = 0) -> MirrorIndex:
+def _scaled(opacities: list[Opacity], scale: float) -> tuple[Opacity, ...]:
+    return (
+        tuple(replace(op, rx=op.rx * scale, ry=op.ry * scale) for op in opacities) if scale != 1 else tuple(opacities)
+    )
+
+
+def synth_index(
+    patients: int,
+    *,
+    image_size: int,
+    pneumonia_fraction: float = 0.25,
+    opacity_scale: float = 1.0,
+    seed: int = 0,
+) -> MirrorIndex:
     """Generate the metadata of a mirror: ``patients`` patients with 1 to 20 follow-ups each (mean ≈ 1.9).
 
     A share ``pneumonia_fraction`` of patients has at least one Pneumonia image; each of their other follow-ups is
     Pneumonia with probability 0.5, so some patients hold both Pneumonia and No Finding images. Pneumonia images carry
     1-3 opacities (drawn later, boxes recorded); the other images carry No Finding or other findings, alone or
-    combined.
+    combined. ``opacity_scale`` multiplies every opacity's radii (1: the renderer's sizes, 4-26 % of the image side in
+    diameter); reduced profiles use larger ones so that small networks trained for a few CPU minutes can see them.
     """
     if patients < 1:
         raise CxrError(f"synthetic mirror: patients must be at least 1, got {patients}")
@@ -124,7 +138,7 @@ def synth_index(patients: int, *, image_size: int, pneumonia_fraction: float = 0
                 (image, labels, follow_up, patient, age + follow_up // 4, sex, view, width, height, spacing, spacing)
             )
             if pneumonia:
-                opacities[image] = tuple(sample_opacities(_image_rng(seed, patient, follow_up, 1)))
+                opacities[image] = _scaled(sample_opacities(_image_rng(seed, patient, follow_up, 1)), opacity_scale)
     entries = pd.DataFrame(rows, columns=list(metadata.ENTRY_COLUMNS))
     test = rng.random(patients) < _TEST_PATIENT_SHARE
     return MirrorIndex(entries, opacities, frozenset(int(p) for p in np.flatnonzero(test) + 1))

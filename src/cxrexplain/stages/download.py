@@ -71,7 +71,11 @@ def _synthetic(params: Params, raw_dir: Path, show_progress: bool) -> None:
         spec.seed,
     )
     index = synth_index(
-        spec.patients, image_size=spec.image_size, pneumonia_fraction=spec.pneumonia_fraction, seed=spec.seed
+        spec.patients,
+        image_size=spec.image_size,
+        pneumonia_fraction=spec.pneumonia_fraction,
+        opacity_scale=spec.opacity_scale,
+        seed=spec.seed,
     )
     write_mirror(
         index, raw_dir, image_size=spec.image_size, seed=spec.seed, workers=params.workers, show_progress=show_progress

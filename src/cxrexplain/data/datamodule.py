@@ -1,0 +1,157 @@
+"""The LightningDataModule: reads only the sample cache and the split table.
+
+Training images go through the study's augmentations (albumentations, each a param): rotation ±10°, zoom ±10 %,
+horizontal flip, contrast and brightness; val/test images are only resized and normalised, deterministically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrexplain.data.sample import load_cache
+from cxrexplain.errors import CxrError
+from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentations; 0 switches one off."""
+
+    rotate_deg: float = 10.0
+    zoom: float = 0.10
+    hflip: float = 0.5
+    contrast: float = 0.2
+    brightness: float = 0.2
+
+
+def eval_transform(size: int) -> A.Compose:
+    """Resize to ``size`` and normalise to the grayscale ImageNet statistics (val, test, explain)."""
+    return A.Compose([A.Resize(size, size), A.Normalize(mean=GRAY_MEAN, std=GRAY_STD, max_pixel_value=255.0)])
+
+
+def train_transform(size: int, aug: Augment) -> A.Compose:
+    """The study's augmentations, then :func:`eval_transform`'s resize and normalisation."""
+    steps: list[A.BasicTransform] = [A.Resize(size, size)]
+    if aug.rotate_deg or aug.zoom:
+        steps.append(
+            A.Affine(
+                rotate=(-aug.rotate_deg, aug.rotate_deg),
+                scale=(1 - aug.zoom, 1 + aug.zoom),
+                border_mode=0,
+                fill=0,
+                p=1.0,
+            )
+        )
+    if aug.hflip:
+        steps.append(A.HorizontalFlip(p=aug.hflip))
+    if aug.contrast or aug.brightness:
+        steps.append(A.RandomBrightnessContrast(brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=0.8))
+    steps.append(A.Normalize(mean=GRAY_MEAN, std=GRAY_STD, max_pixel_value=255.0))
+    return A.Compose(steps)
+
+
+class CacheDataset(Dataset):
+    """Rows of the cached array with their labels; items are ``{"image": (1, S, S) float, "label", "row"}``."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
+        self.images = images
+        self.rows = rows
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.rows[i])
+        pixels = self.transform(image=np.asarray(self.images[row]))["image"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None],
+            "label": torch.tensor(int(self.labels[i])),
+            "row": torch.tensor(row),
+        }
+
+
+def read_split(split_file: Path, index: pd.DataFrame) -> pd.DataFrame:
+    """The split table joined to the cache index by image name (so rows always point into the cached array)."""
+    try:
+        split = pd.read_csv(split_file, usecols=["image", "split"])
+    except FileNotFoundError:
+        raise CxrError(f"{split_file}: not found; run the split stage first (dvc repro split)") from None
+    joined = index.merge(split, on="image", how="inner", validate="one_to_one")
+    if len(joined) != len(split):
+        raise CxrError(
+            f"{split_file}: {len(split) - len(joined)} image(s) are not in the cache; re-run dvc repro split"
+        )
+    return joined
+
+
+class CxrDataModule(L.LightningDataModule):
+    """Train/val/test loaders over ``cache_dir`` and ``split_file``."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        split_file: Path,
+        *,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        augment: Augment = Augment(),
+    ) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.split_file = Path(split_file)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.table: pd.DataFrame | None = None
+        self.images: np.ndarray | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is None:
+            self.images, index = load_cache(self.cache_dir)
+            self.table = read_split(self.split_file, index)
+
+    def dataset(self, split: str, *, train: bool = False) -> CacheDataset:
+        self.setup()
+        part = self.table[self.table["split"] == split]
+        if part.empty:
+            raise CxrError(f"{self.split_file}: the {split} split is empty")
+        transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
+        return CacheDataset(self.images, part["row"].to_numpy(), part["label"].to_numpy(), transform)
+
+    def _loader(self, split: str, *, train: bool = False) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, train=train),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def pos_weight(self) -> float:
+        """Negatives / positives in the training split (for ``train.pos_weight: auto``)."""
+        self.setup()
+        labels = self.table.loc[self.table["split"] == "train", "label"]
+        return float((labels == 0).sum() / max(int((labels == 1).sum()), 1))

@@ -1,0 +1,1 @@
+"""Classification metrics (and, later, their confidence intervals and figures)."""

@@ -1,0 +1,1 @@
+"""Backbones with the study's head and their CAM target layers; the LightningModule."""

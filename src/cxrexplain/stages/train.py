@@ -1,0 +1,224 @@
+"""Stage ``train@<arch>``: fit one backbone on the cache and split, tracked in MLflow.
+
+Writes ``models/<arch>/``: ``best.ckpt`` (lowest val loss), ``last.ckpt`` (for resuming), ``predictions.csv`` (val and
+test: image, label, probability), ``history.csv`` (per-epoch train/val metrics), ``mlflow_run.json`` (the run the later
+stages log into); and ``metrics/train/<arch>.json`` for DVC. Under DDP every process runs this module; only global
+rank 0 clears the folder, creates the MLflow run, predicts and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader
+
+from cxrexplain import tracking
+from cxrexplain.config import ARCHS, CACHE_DIR, METRICS_DIR, MODELS_DIR, SPLIT_FILE, Params
+from cxrexplain.data.datamodule import Augment, CxrDataModule
+from cxrexplain.errors import CxrError
+from cxrexplain.evaluation.metrics import binary_metrics
+from cxrexplain.io import write_csv, write_json
+from cxrexplain.models.module import PneumoniaClassifier
+
+log = logging.getLogger("cxrexplain.train")
+
+RUN_REF = "mlflow_run.json"
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on a CUDA GPU that supports it, 32-true otherwise (CPU, MPS, older GPUs)."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def device_name(accelerator: str) -> str:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> pd.DataFrame:
+    """Probabilities of Pneumonia for every image of ``loader`` (rows of the cache, labels), in eval mode."""
+    was_training = model.training
+    model.eval()
+    rows, labels, probs = [], [], []
+    for batch in loader:
+        probs.append(torch.sigmoid(model(batch["image"].to(device)).float()).cpu())
+        rows.append(batch["row"])
+        labels.append(batch["label"])
+    model.train(was_training)
+    return pd.DataFrame(
+        {"row": torch.cat(rows).numpy(), "label": torch.cat(labels).numpy(), "probability": torch.cat(probs).numpy()}
+    )
+
+
+def run(
+    params: Params,
+    arch: str,
+    *,
+    resume: bool = False,
+    cache_dir: Path = CACHE_DIR,
+    split_file: Path = SPLIT_FILE,
+    models_dir: Path = MODELS_DIR,
+    metrics_dir: Path = METRICS_DIR,
+    num_workers: int | None = None,
+    show_progress: bool = True,
+) -> dict | None:
+    """Train ``arch``; returns the metrics written to ``metrics/train/<arch>.json`` (None on ranks other than 0)."""
+    if arch not in ARCHS:
+        raise CxrError(f"train: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
+    t = params.train
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
+    out = Path(models_dir) / arch
+    last = out / "last.ckpt"
+    resuming = (resume or t.resume) and last.is_file()
+    if rank_zero_only.rank == 0 and not resuming:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    L.seed_everything(params.seed, workers=True)
+    workers = params.workers if num_workers is None else num_workers
+    dm = CxrDataModule(
+        cache_dir,
+        split_file,
+        image_size=t.image_size,
+        batch_size=t.batch_size,
+        num_workers=workers,
+        augment=Augment(**t.augment.model_dump()),
+    )
+    pos_weight = dm.pos_weight() if t.pos_weight == "auto" else t.pos_weight
+    precision = resolve_precision(t.precision, t.accelerator)
+    on_gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    module = PneumoniaClassifier(
+        arch,
+        pretrained=params.model.pretrained,
+        dropout=params.model.dropout,
+        lr=t.lr,
+        pos_weight=pos_weight,
+        channels_last=on_gpu,
+    )
+    if on_gpu:
+        module = module.to(memory_format=torch.channels_last)
+
+    ref_path = out / RUN_REF
+    previous_run = tracking.read_run_ref(ref_path)["run_id"] if resuming and ref_path.is_file() else None
+    commit, _ = tracking.git_state()
+    logger = MLFlowLogger(
+        experiment_name=tracking.EXPERIMENT,
+        run_name=tracking.run_name(arch, commit, params.data.source),
+        tracking_uri=uri,
+        tags=tracking.run_tags(
+            stage=f"train@{arch}", arch=arch, source=params.data.source, device=device_name(t.accelerator)
+        ),
+        artifact_location=tracking.artifact_location(uri),
+        run_id=previous_run,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=out,
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=precision,
+        max_epochs=t.max_epochs,
+        deterministic=t.deterministic,
+        logger=logger,
+        callbacks=[checkpoint, EarlyStopping(monitor="val/loss", mode="min", patience=t.patience)],
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+    )
+    if trainer.is_global_zero:
+        logger.log_hyperparams({**tracking.flatten(params.model_dump(mode="json")), "arch": arch})
+        tracking.write_run_ref(ref_path, logger.run_id, uri, logger.experiment_id)
+        if resuming:
+            log.info("resuming %s from %s", arch, last)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+    if not trainer.is_global_zero:
+        return None
+    return _finish(params, arch, trainer, checkpoint, dm, out, Path(metrics_dir), logger)
+
+
+def _finish(
+    params: Params,
+    arch: str,
+    trainer: L.Trainer,
+    checkpoint: ModelCheckpoint,
+    dm: CxrDataModule,
+    out: Path,
+    metrics_dir: Path,
+    logger: MLFlowLogger,
+) -> dict:
+    best_path = Path(checkpoint.best_model_path)
+    if not best_path.is_file():
+        raise CxrError(f"train@{arch}: no best checkpoint was written in {out}")
+    best = PneumoniaClassifier.load_from_checkpoint(best_path, map_location="cpu")
+    device = torch.device("cpu")
+    frames = []
+    for split in ("val", "test"):
+        loader = DataLoader(dm.dataset(split), batch_size=params.train.batch_size, num_workers=0)
+        frame = predict(best.model.to(device), loader, device)
+        frame.insert(0, "split", split)
+        frames.append(frame)
+    table = dm.table.set_index("row")
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.insert(1, "image", table.loc[predictions["row"], "image"].to_numpy())
+    predictions = predictions.drop(columns="row")
+    write_csv(out / "predictions.csv", predictions)
+    history = pd.DataFrame(trainer.lightning_module.history)
+    write_csv(out / "history.csv", history)
+
+    scores = {
+        split: binary_metrics(part["label"].to_numpy(), part["probability"].to_numpy())
+        for split, part in predictions.groupby("split")
+    }
+    metrics = {
+        "arch": arch,
+        "source": params.data.source,
+        "epochs": int(trainer.current_epoch),
+        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]),
+        "best_val_loss": float(checkpoint.best_model_score),
+        "val": scores["val"],
+        "test": scores["test"],
+    }
+    write_json(metrics_dir / "train" / f"{arch}.json", metrics)
+    client_metrics = {f"best_{split}/{k}": v for split in ("val", "test") for k, v in scores[split].items()}
+    logger.log_metrics(client_metrics)
+    tracking.log_artifacts(
+        logger.run_id,
+        [best_path, out / "predictions.csv", out / "history.csv", metrics_dir / "train" / f"{arch}.json"],
+        "train",
+        uri=logger._tracking_uri,
+    )
+    log.info(
+        "%s: %d epochs, best val loss %.4f at epoch %d; val AUROC %.3f, test AUROC %.3f (MLflow run %s)",
+        arch,
+        metrics["epochs"],
+        metrics["best_val_loss"],
+        metrics["best_epoch"],
+        scores["val"]["auroc"],
+        scores["test"]["auroc"],
+        logger.run_id,
+    )
+    return metrics

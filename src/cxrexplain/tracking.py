@@ -1,0 +1,141 @@
+"""Everything MLflow: tracking URI, run names, tags, flattened params, artifacts, and run references.
+
+The default store is an embedded SQLite file at the repository root (``sqlite:///mlflow.db``) with artifacts under
+``mlartifacts/``, both outside every DVC output; ``MLFLOW_TRACKING_URI`` points everything at a tracking server
+instead. An unreachable server fails fast, before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cxrexplain.errors import CxrError
+from cxrexplain.io import write_json
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+ARTIFACT_DIR = Path("mlartifacts")
+EXPERIMENT = "cxrexplain"
+SYNTHETIC_NOTICE = "synthetic data: not medical evidence"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the embedded default."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(health, timeout=timeout_s)
+    except requests.RequestException as error:
+        raise CxrError(
+            f"MLflow tracking server {uri} is unreachable ({type(error).__name__}); start it, fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the embedded store sqlite:///mlflow.db"
+        ) from None
+    if response.status_code != 200:
+        raise CxrError(f"MLflow tracking server {uri}: {health} answered HTTP {response.status_code}")
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: ``mlartifacts/`` beside an embedded store; the server's choice else."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACT_DIR).as_uri()
+    return None
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}``; lists become comma-joined strings. Same keys in every run."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = ",".join(str(v) for v in value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_state(cwd: Path | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the repository, or ("unknown", True) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return commit, bool(status.strip())
+
+
+def run_name(arch: str, commit: str, source: str) -> str:
+    """``resnet50 @ 1a2b3c4 [synthetic]``: readable in the MLflow UI's run list."""
+    suffix = " [synthetic]" if source == "synthetic" else ""
+    return f"{arch} @ {commit[:7]}{suffix}"
+
+
+def run_tags(
+    *, stage: str, arch: str, source: str, device: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Tags every run carries: commit, dirty flag, DVC stage, data source, versions, device."""
+    import lightning
+    import torch
+
+    commit, dirty = git_state()
+    tags = {
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "dvc.stage": stage,
+        "arch": arch,
+        "data.source": source,
+        "version.torch": torch.__version__,
+        "version.lightning": lightning.__version__,
+        "version.python": platform.python_version(),
+        "device": device,
+    }
+    if source == "synthetic":
+        tags["data.notice"] = SYNTHETIC_NOTICE
+    tags.update(extra or {})
+    return tags
+
+
+def write_run_ref(path: Path, run_id: str, uri: str, experiment_id: str) -> None:
+    """Record which run a stage logged to, for the later stages (explain, report) to log into the same run."""
+    write_json(path, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id})
+
+
+def read_run_ref(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CxrError(f"{path}: not found; run the train stage first (dvc repro train)") from None
+
+
+def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None, uri: str | None = None) -> None:
+    """Upload files (or folders) to a run's artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    for path in paths:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
