@@ -137,7 +137,7 @@ class TrainParams(_Section):
 class Params(_Section):
     seed: int = Field(42, description="global seed: sampling, splitting, training")
     workers: int = Field(
-        4, ge=1, description="processes for parallel work (rendering, reading archives); never changes results"
+        4, ge=0, description="processes for parallel work (rendering, archives, data loading; 0: in the main process)"
     )
     data: DataParams = DataParams()
     sample: SampleParams = SampleParams()

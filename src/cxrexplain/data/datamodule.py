@@ -61,17 +61,24 @@ def train_transform(size: int, aug: Augment) -> A.Compose:
 class CacheDataset(Dataset):
     """Rows of the cached array with their labels; items are ``{"image": (1, S, S) float, "label", "row"}``."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
+    def __init__(
+        self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose, *, random: bool = False
+    ) -> None:
         self.images = images
         self.rows = rows
         self.labels = labels
         self.transform = transform
+        self.random = random  # the transform draws random numbers (training augmentations)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.rows[i])
+        # albumentations keeps its own generator; seed it from torch's, which Lightning's seed_everything(workers=True)
+        # seeds in the main process and in every loader worker: same seed, same augmentations, run after run.
+        if self.random:
+            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
         pixels = self.transform(image=np.asarray(self.images[row]))["image"]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None],
@@ -128,7 +135,7 @@ class CxrDataModule(L.LightningDataModule):
         if part.empty:
             raise CxrError(f"{self.split_file}: the {split} split is empty")
         transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
-        return CacheDataset(self.images, part["row"].to_numpy(), part["label"].to_numpy(), transform)
+        return CacheDataset(self.images, part["row"].to_numpy(), part["label"].to_numpy(), transform, random=train)
 
     def _loader(self, split: str, *, train: bool = False) -> DataLoader:
         return DataLoader(
