@@ -59,7 +59,7 @@ def test_imagenet_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
 
 
 def test_bad_arch_and_bad_weight_files(tmp_path):
-    with pytest.raises(CxrError, match="unknown .*resnet50, densenet121"):
+    with pytest.raises(CxrError, match=r"unknown .*resnet50, densenet121"):
         build_classifier("vgg16")
     with pytest.raises(CxrError, match="no such file"):
         build_classifier("resnet50", pretrained=str(tmp_path / "missing.pth"))
