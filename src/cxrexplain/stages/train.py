@@ -26,9 +26,11 @@ from cxrexplain.data.datamodule import Augment, CxrDataModule
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import write_csv, write_json
+from cxrexplain.logs import route_library_logs
 from cxrexplain.models.module import PneumoniaClassifier
 
 log = logging.getLogger("cxrexplain.train")
+route_library_logs()
 
 RUN_REF = "mlflow_run.json"
 
