@@ -159,7 +159,7 @@ def run(
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     if not trainer.is_global_zero:
         return None
-    return _finish(params, arch, trainer, checkpoint, dm, out, Path(metrics_dir), logger)
+    return _finish(params, arch, trainer, checkpoint, dm, out, Path(metrics_dir), logger, uri)
 
 
 def _finish(
@@ -171,6 +171,7 @@ def _finish(
     out: Path,
     metrics_dir: Path,
     logger: MLFlowLogger,
+    uri: str,
 ) -> dict:
     best_path = Path(checkpoint.best_model_path)
     if not best_path.is_file():
@@ -211,7 +212,7 @@ def _finish(
         logger.run_id,
         [best_path, out / "predictions.csv", out / "history.csv", metrics_dir / "train" / f"{arch}.json"],
         "train",
-        uri=logger._tracking_uri,
+        uri=uri,
     )
     log.info(
         "%s: %d epochs, best val loss %.4f at epoch %d; val AUROC %.3f, test AUROC %.3f (MLflow run %s)",
