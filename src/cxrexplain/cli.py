@@ -123,6 +123,49 @@ def train(
     stage.run(load_params(path), arch, resume=resume, show_progress=progress)
 
 
+@app.command()
+def explain(
+    arch: Annotated[str, typer.Option(help="resnet50 or densenet121")],
+    path: ParamsOption = PARAMS_FILE,
+    progress: ProgressOption = True,
+) -> None:
+    """Stage explain@arch: CAMs and attribution baselines of every test image, measured (explain/<arch>/)."""
+    from cxrexplain.stages import explain as stage
+
+    stage.run(load_params(path), arch, show_progress=progress)
+
+
+@app.command()
+def consistency(path: ParamsOption = PARAMS_FILE) -> None:
+    """Stage consistency: agreement of the two architectures' CAMs on the same images."""
+    from cxrexplain.stages import explain as stage
+
+    stage.run_consistency(load_params(path))
+
+
+@app.command("explain-image")
+def explain_image(
+    image: Annotated[Path, typer.Argument(help="a chest X-ray (PNG or any format Pillow reads)")],
+    checkpoint: Annotated[Path, typer.Option(help="a training checkpoint, e.g. models/resnet50/best.ckpt")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradcam, gradcampp, xgradcam, layercam, hirescam, eigengradcam, "
+            "saliency, integrated_gradients, occlusion, gradient_shap"
+        ),
+    ] = "gradcam",
+    out: Annotated[Path | None, typer.Option(help="overlay PNG to write [default: <image stem>.<method>.png]")] = None,
+    explain_class: Annotated[str, typer.Option("--class", help="predicted, pneumonia or no-finding")] = "predicted",
+    size: Annotated[int | None, typer.Option(help="network input side [default: the checkpoint's]")] = None,
+) -> None:
+    """Explain one image: write its overlay and print the model's probability."""
+    from cxrexplain.explain.single import explain_file
+
+    result = explain_file(image, checkpoint, method, out, explain_class=explain_class, size=size)
+    name = "Pneumonia" if result.explained_class == 1 else "No Finding"
+    typer.echo(f"P(Pneumonia) = {result.probability:.4f}; {method} explains {name}: {result.path}")
+
+
 def main() -> None:
     """Console-script entry point: run the app, print user errors without a traceback (exit 2)."""
     logging.basicConfig(

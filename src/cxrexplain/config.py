@@ -28,7 +28,10 @@ CACHE_DIR = Path("data/cache")
 SPLIT_FILE = Path("data/split.csv")
 METRICS_DIR = Path("metrics")
 MODELS_DIR = Path("models")
+EXPLAIN_DIR = Path("explain")
 ARCHS = ("resnet50", "densenet121")
+CAM_NAMES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+ATTRIBUTION_NAMES = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
 
 
 class _Section(BaseModel):
@@ -49,6 +52,9 @@ class SyntheticParams(_Section):
     )
     opacity_scale: float = Field(
         1.0, gt=0, le=3, description="multiplies the opacities' radii (reduced profiles: larger, for small CPU budgets)"
+    )
+    opacity_contrast: float = Field(
+        1.0, gt=0, le=4, description="multiplies the opacities' density (reduced profiles: denser, for small budgets)"
     )
     seed: int = Field(0, description="seed of the generator: same seed, same bytes")
 
@@ -134,6 +140,51 @@ class TrainParams(_Section):
     augment: AugmentParams = AugmentParams()
 
 
+class AttributionParams(_Section):
+    ig_steps: int = Field(32, ge=2, description="Integrated Gradients: steps of the path integral")
+    occlusion_window: float = Field(0.125, gt=0, le=1, description="Occlusion: window side as a fraction of the image")
+    occlusion_stride: float = Field(0.0625, gt=0, le=1, description="Occlusion: stride as a fraction of the image")
+    shap_samples: int = Field(8, ge=1, description="GradientSHAP: random baseline/noise samples per image")
+
+
+class FaithfulnessParams(_Section):
+    steps: int = Field(20, ge=2, description="deletion/insertion: pixel fractions evaluated between 0 and 1")
+    baseline: Literal["mean", "blur", "black"] = Field(
+        "mean", description="what a deleted pixel becomes (and what insertion starts from)"
+    )
+
+
+class GalleryParams(_Section):
+    per_outcome: int = Field(8, ge=1, description="Grad-CAM gallery: images per outcome (TP, FP, FN, TN)")
+    compare_images: int = Field(6, ge=1, description="method-comparison grid: images (rows)")
+
+
+class ExplainParams(_Section):
+    split: Literal["val", "test"] = Field("test", description="which split's images are explained")
+    target: Literal["predicted", "true"] = Field("predicted", description="class explained: predicted or true label")
+    threshold: float | Literal["youden"] = Field(
+        0.5, description="decision threshold for outcomes (TP/FP/FN/TN): a probability, or youden (chosen on val)"
+    )
+    cams: tuple[Literal[CAM_NAMES], ...] = Field(CAM_NAMES, min_length=1, description="CAM methods (native, batched)")
+    attributions: tuple[Literal[ATTRIBUTION_NAMES], ...] = Field(
+        ATTRIBUTION_NAMES, description="captum attribution baselines (run on the subset)"
+    )
+    batch_size: int = Field(16, ge=1, description="images per batch (also captum's internal batch size)")
+    subset: int | None = Field(
+        200, ge=1, description="images for the costly measures (attributions, faithfulness, sanity); null: all"
+    )
+    sanity_images: int = Field(32, ge=2, description="images of the subset used by the randomisation sanity check")
+    iobb_level: float = Field(0.5, gt=0, lt=1, description="a map is binarised at this fraction of its maximum")
+    attribution: AttributionParams = AttributionParams()
+    faithfulness: FaithfulnessParams = FaithfulnessParams()
+    gallery: GalleryParams = GalleryParams()
+
+    @field_validator("cams", "attributions", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
 class Params(_Section):
     seed: int = Field(42, description="global seed: sampling, splitting, training")
     workers: int = Field(
@@ -144,6 +195,7 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    explain: ExplainParams = ExplainParams()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

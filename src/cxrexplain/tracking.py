@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,15 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
             client.log_artifacts(run_id, str(path), artifact_path)
         else:
             client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = None, step: int | None = None) -> None:
+    """Log several metrics to a run (finished runs too: later stages add to the train stage's run)."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+    for start in range(0, len(batch), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=batch[start : start + 1000])

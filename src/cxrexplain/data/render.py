@@ -478,6 +478,7 @@ def render_radiograph(
     *,
     opacities: Sequence[Opacity] = (),
     findings: Sequence[str] = (),
+    opacity_contrast: float = 1.0,
 ) -> np.ndarray:
     """Draw one synthetic frontal chest radiograph.
 
@@ -491,6 +492,8 @@ def render_radiograph(
             (e.g. Cardiomegaly: a larger heart; Effusion: a basal opacity with a meniscus; Nodule / Mass: a small /
             large round dense spot); anything else is accepted and ignored. They draw from a child of ``rng`` split
             off up front, so adding findings does not change the rest of the patient.
+        opacity_contrast: Multiplies every opacity's added attenuation (1: ``OPACITY_CONTRAST``, the renderer's
+            realistic faintness; reduced profiles use more, so that a network trained for minutes on a CPU sees them).
 
     Returns:
         A ``(size, size)`` uint8 array, air dark and bone bright.
@@ -516,7 +519,7 @@ def render_radiograph(
     for op in opacities:
         x0, y0, patch = _opacity_patch(op, size)
         h, w = patch.shape
-        attenuation[y0 : y0 + h, x0 : x0 + w] += patch * np.float32(OPACITY_CONTRAST)
+        attenuation[y0 : y0 + h, x0 : x0 + w] += patch * np.float32(OPACITY_CONTRAST * opacity_contrast)
     image = _tone_map(attenuation, p)
     _burn_markers(image, marker_plan)
     return image

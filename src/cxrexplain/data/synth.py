@@ -213,16 +213,20 @@ class _RenderTask:
     opacities: tuple[Opacity, ...]
 
 
-def _render_png(task: _RenderTask, size: int, seed: int) -> bytes:
+def _render_png(task: _RenderTask, size: int, seed: int, contrast: float = 1.0) -> bytes:
     pixels = render_radiograph(
-        _image_rng(seed, task.patient, task.follow_up, 0), size, opacities=task.opacities, findings=task.findings
+        _image_rng(seed, task.patient, task.follow_up, 0),
+        size,
+        opacities=task.opacities,
+        findings=task.findings,
+        opacity_contrast=contrast,
     )
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=4)
     return buffer.getvalue()
 
 
-def _render_star(args: tuple[_RenderTask, int, int]) -> bytes:
+def _render_star(args: tuple[_RenderTask, int, int, float]) -> bytes:
     return _render_png(*args)
 
 
@@ -262,12 +266,13 @@ def write_mirror(
     *,
     image_size: int,
     seed: int = 0,
+    opacity_contrast: float = 1.0,
     workers: int = 1,
     show_progress: bool = True,
 ) -> Path:
     """Render every image of ``index`` and write the mirror into ``out_dir`` (created): 12 archives, the four
     metadata files and an ``MD5SUMS`` manifest (``md5sum -c`` format). Each file appears under its final name only
-    when complete. Returns the manifest's path.
+    when complete. ``opacity_contrast`` multiplies the opacities' added attenuation. Returns the manifest's path.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +287,7 @@ def write_mirror(
         pool = ctx.Pool(workers) if ctx is not None else None
         try:
             for name, chunk in by_archive.items():
-                args = [(t, image_size, seed) for t in chunk]
+                args = [(t, image_size, seed, opacity_contrast) for t in chunk]
                 rendered = pool.imap(_render_star, args, chunksize=4) if pool else map(_render_star, args)
                 with _archive_writer(out_dir / name) as add:
                     for task, png in zip(chunk, rendered, strict=True):

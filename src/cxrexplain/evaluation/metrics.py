@@ -30,3 +30,20 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "specificity": float(binary_specificity(preds, target, threshold=threshold)),
         "f1": float(binary_f1_score(preds, target, threshold=threshold)),
     }
+
+
+def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity − 1 on these predictions (sklearn's ROC).
+
+    Predictions are positive when ``probability > threshold`` (torchmetrics' rule), so the ROC's "≥ t" cut points are
+    returned as the largest value just below ``t``. One class only: 0.5.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(probabilities, dtype=np.float64))
+    best = int(np.argmax(tpr - fpr))
+    cut = float(thresholds[best])
+    return float(np.nextafter(min(cut, 1.0), -np.inf))

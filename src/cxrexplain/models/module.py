@@ -49,6 +49,7 @@ class PneumoniaClassifier(L.LightningModule):
         lr: float = 1e-4,
         pos_weight: float | None = None,
         channels_last: bool = False,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -78,7 +78,13 @@ def _synthetic(params: Params, raw_dir: Path, show_progress: bool) -> None:
         seed=spec.seed,
     )
     write_mirror(
-        index, raw_dir, image_size=spec.image_size, seed=spec.seed, workers=params.workers, show_progress=show_progress
+        index,
+        raw_dir,
+        image_size=spec.image_size,
+        seed=spec.seed,
+        opacity_contrast=spec.opacity_contrast,
+        workers=params.workers,
+        show_progress=show_progress,
     )
     bad = verify_manifest(raw_dir)
     if bad:

@@ -110,6 +110,7 @@ def run(
         lr=t.lr,
         pos_weight=pos_weight,
         channels_last=on_gpu,
+        image_size=t.image_size,
     )
     if on_gpu:
         module = module.to(memory_format=torch.channels_last)

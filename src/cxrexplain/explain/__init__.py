@@ -1,0 +1,1 @@
+"""Explanations: the batched CAM family (``cam``) and captum attribution baselines (``attributions``)."""

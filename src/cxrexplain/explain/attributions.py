@@ -1,0 +1,291 @@
+"""Attribution baselines through captum: saliency, integrated gradients, occlusion and gradient SHAP.
+
+Every method explains the study's binary target per image: the score is the logit for class 1 (Pneumonia) and minus
+the logit for class 0 (No Finding). Captum sees a forward function that returns ``sign · logit`` of shape (B,) and takes
+the signs as an additional forward argument, so ``target=None`` is right for every image and captum expands the signs
+along with the images it perturbs or interpolates.
+
+Each method in :data:`ATTRIBUTION_METHODS` returns the *raw* attribution of shape (B, H, W): signed, summed over the
+single input channel. :func:`compute_attributions` turns raw attributions into maps: the absolute value (or the
+positive part), min-max normalised per image to [0, 1]. All four methods are linear in the score, so the absolute map
+is the same for either class; the sign of the target shows only in the raw attribution and in the ``positive`` maps.
+
+``batch_size`` bounds the number of images, real, interpolated or perturbed, that go through the model in one forward
+pass: images are processed in chunks, and captum's own batching (``internal_batch_size``, ``perturbations_per_eval``)
+is set so that each forward pass holds at most ``batch_size`` images (gradient SHAP: ``max(batch_size, n_samples)``).
+
+The model is put in eval mode (Dropout off, BatchNorm on its running statistics) while it is explained and every
+module's mode is restored afterwards; gradients are taken with respect to the input only (``torch.autograd.grad``),
+so no parameter gradient is accumulated.
+
+Inputs are in the study's normalised units ``(pixel - GRAY_MEAN) / GRAY_STD`` with pixels in [0, 1]; :data:`BLACK` is
+a black pixel (0) in those units, the reference that integrated gradients, occlusion and gradient SHAP start from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from captum.attr import GradientShap, IntegratedGradients, Occlusion, Saliency
+from torch import nn
+
+from cxrexplain.errors import CxrError
+from cxrexplain.explain.cam import evaluating, normalise
+from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
+
+BLACK: float = -GRAY_MEAN / GRAY_STD
+"""A black pixel (0 in [0, 1]) in the normalised units the model sees: ``(0 - GRAY_MEAN) / GRAY_STD`` ≈ -1.987."""
+
+Reduce = Literal["abs", "positive"]
+
+
+class AttributionMethod(Protocol):
+    """``method(model, images, classes, *, batch_size, **options) -> raw attributions (B, H, W)``."""
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *, batch_size: int, **options: Any
+    ) -> torch.Tensor: ...
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch (CPU and ``device``) and numpy's global generator for the block, then restore their states.
+
+    Captum draws gradient-SHAP baselines and interpolation points from these global generators; seeding them here
+    makes a call reproducible without changing the random streams of the caller.
+    """
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
+def signs(classes: torch.Tensor | Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """+1 for class 1 (Pneumonia), -1 for class 0 (No Finding): shape (B,), dtype and device of ``like``."""
+    c = torch.as_tensor(classes, device=like.device)
+    if c.ndim != 1 or c.shape[0] != like.shape[0]:
+        raise ValueError(f"classes: expected shape ({like.shape[0]},), got {tuple(c.shape)}")
+    return (2 * (c > 0).to(like.dtype) - 1).to(like.dtype)
+
+
+def signed_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``forward(x, sign) = sign · model(x)``: the per-image binary score (B,), for captum's ``target=None``."""
+
+    def forward(x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        return model(x).reshape(-1) * sign
+
+    return forward
+
+
+def _in_eval_mode(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(method)
+    def wrapped(model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with evaluating(model):
+            return method(model, *args, **kwargs)
+
+    return wrapped
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _check(images: torch.Tensor, batch_size: int) -> None:
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images: expected shape (B, 1, H, W), got {tuple(images.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _pixels(fraction: float, side: int) -> int:
+    return max(1, min(side, round(fraction * side)))
+
+
+@_in_eval_mode
+def saliency(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """Saliency (Simonyan et al. 2014): the gradient of the score with respect to each input pixel.
+
+    ``A(x)_ij = ∂ s(x) / ∂ x_ij`` with ``s = ±logit``; the classic saliency map is ``|A|`` (``reduce="abs"``).
+    """
+    _check(images, batch_size)
+    forward = signed_forward(model)
+    method = Saliency(forward)
+    out = []
+    for part in _chunks(len(images), batch_size):
+        x = images[part].detach().requires_grad_()
+        attr = method.attribute(x, additional_forward_args=(signs(classes[part], x),), abs=False)
+        out.append(attr.detach().sum(dim=1))
+    return torch.cat(out)
+
+
+@_in_eval_mode
+def integrated_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    n_steps: int = 32,
+    baseline: float = BLACK,
+) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017) from a black image.
+
+    ``A(x)_ij = (x_ij − b_ij) · ∫₀¹ ∂ s(b + α (x − b)) / ∂ x_ij dα``, the integral by ``n_steps``-point Gauss-Legendre
+    quadrature (captum's default). The baseline ``b`` is a black image (:data:`BLACK` in normalised units): "no signal"
+    on a radiograph, where opacities are bright. Completeness: ``Σ A = s(x) − s(b)`` up to the quadrature error.
+    """
+    _check(images, batch_size)
+    method = IntegratedGradients(signed_forward(model))
+    out = []
+    for part in _chunks(len(images), batch_size):
+        x = images[part].detach()
+        attr = method.attribute(
+            x,
+            baselines=baseline,
+            additional_forward_args=(signs(classes[part], x),),
+            n_steps=n_steps,
+            internal_batch_size=batch_size,
+        )
+        out.append(attr.detach().sum(dim=1))
+    return torch.cat(out)
+
+
+@_in_eval_mode
+def occlusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    window: float = 1 / 8,
+    stride: float = 1 / 16,
+    baseline: float = BLACK,
+) -> torch.Tensor:
+    """Occlusion (Zeiler & Fergus 2014): the drop in score when a square patch is blacked out, averaged per pixel.
+
+    A ``w × w`` window slides with stride ``t`` (``w = round(window · H)``, ``t = round(stride · H)``, at least one
+    pixel: 28 and 14 pixels at 224). For each position ``P``, ``d_P = s(x) − s(x with P set to b)``; the attribution
+    of a pixel is the mean of ``d_P`` over the windows that cover it (0 for a pixel no window covers). ``b`` is
+    :data:`BLACK`.
+    """
+    _check(images, batch_size)
+    height, width = images.shape[-2:]
+    w_h, w_w = _pixels(window, height), _pixels(window, width)
+    s_h, s_w = _pixels(stride, height), _pixels(stride, width)
+    method = Occlusion(signed_forward(model))
+    out = []
+    for part in _chunks(len(images), batch_size):
+        x = images[part].detach()
+        attr = method.attribute(
+            x,
+            sliding_window_shapes=(1, w_h, w_w),
+            strides=(1, s_h, s_w),
+            baselines=baseline,
+            additional_forward_args=(signs(classes[part], x),),
+            perturbations_per_eval=max(1, batch_size // len(x)),
+        )
+        out.append(attr.detach().sum(dim=1))
+    return torch.cat(out)
+
+
+@_in_eval_mode
+def gradient_shap(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    n_samples: int = 8,
+    noise_baselines: int = 3,
+    stdevs: float = 0.0,
+    baseline: float = BLACK,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Gradient SHAP (Lundberg & Lee 2017, captum): expected gradients over random baselines and interpolation points.
+
+    ``A(x) = E_{b ~ B, α ~ U(0, 1)} [(x − b) · ∂ s(b + α (x − b)) / ∂ x]``, estimated from ``n_samples`` draws per
+    image. The baseline set ``B`` is one black image and ``noise_baselines`` images of uniform noise over the pixel
+    range [0, 1] (normalised: ``BLACK + U(0, 1) / GRAY_STD``); ``stdevs`` adds Gaussian noise to the inputs (0: none).
+    The noise images and the draws come from ``seed``, without touching the caller's random streams.
+    """
+    _check(images, batch_size)
+    method = GradientShap(signed_forward(model))
+    per_chunk = max(1, batch_size // n_samples)
+    with seeded(seed, images.device):
+        shape = (noise_baselines, *images.shape[1:])
+        noise = baseline + torch.rand(shape, device=images.device, dtype=images.dtype) / GRAY_STD
+        baselines = torch.cat([torch.full((1, *images.shape[1:]), baseline, device=images.device), noise])
+        out = []
+        for part in _chunks(len(images), per_chunk):
+            x = images[part].detach()
+            attr = method.attribute(
+                x,
+                baselines=baselines.to(x.dtype),
+                additional_forward_args=(signs(classes[part], x),),
+                n_samples=n_samples,
+                stdevs=stdevs,
+            )
+            out.append(attr.detach().sum(dim=1))
+    return torch.cat(out)
+
+
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
+    "saliency": saliency,
+    "integrated_gradients": integrated_gradients,
+    "occlusion": occlusion,
+    "gradient_shap": gradient_shap,
+}
+"""Name → raw attribution function; adding a method is one entry (same call signature, raw (B, H, W) output)."""
+
+
+def to_maps(raw: torch.Tensor, reduce: Reduce = "abs") -> torch.Tensor:
+    """Raw attributions (B, H, W) → maps in [0, 1]: ``|A|`` (``abs``) or ``max(A, 0)`` (``positive``), then min-max."""
+    if reduce == "abs":
+        return normalise(raw.abs())
+    if reduce == "positive":
+        return normalise(raw.clamp_min(0))
+    raise ValueError(f"reduce must be 'abs' or 'positive', got {reduce!r}")
+
+
+def compute_attributions(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor | Sequence[int],
+    methods: Sequence[str],
+    batch_size: int = 16,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    reduce: Reduce = "abs",
+) -> dict[str, torch.Tensor]:
+    """Maps (B, H, W) in [0, 1] for each of ``methods``, explaining class ``classes[i]`` of image ``i``.
+
+    ``images`` is (B, 1, H, W) in normalised units on the model's device; ``classes`` holds 0 (No Finding) or 1
+    (Pneumonia) per image. ``options[name]`` passes keyword arguments to one method (e.g. ``{"occlusion":
+    {"window": 0.1}}``). The model is in eval mode during the call and its modes are restored afterwards.
+    """
+    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
+    if unknown:
+        raise CxrError(
+            f"attribution method(s) {', '.join(map(repr, unknown))}: unknown "
+            f"(available: {', '.join(ATTRIBUTION_METHODS)})"
+        )
+    options = options or {}
+    c = torch.as_tensor(classes, device=images.device)
+    maps: dict[str, torch.Tensor] = {}
+    with evaluating(model):
+        for name in methods:
+            raw = ATTRIBUTION_METHODS[name](model, images, c, batch_size=batch_size, **dict(options.get(name, {})))
+            maps[name] = to_maps(raw, reduce)
+    return maps

@@ -1,0 +1,186 @@
+"""Stage explain@arch and consistency on a tiny trained model: outputs, metrics, MLflow artifacts, explain-image."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from cxrexplain.config import validate
+from cxrexplain.stages import explain, train
+from tinydata import write_tiny_dataset
+
+PARAMS = {
+    "workers": 0,
+    "model": {"pretrained": "none"},
+    "train": {"image_size": 64, "batch_size": 8, "lr": 1e-3, "max_epochs": 2, "accelerator": "cpu", "devices": 1},
+    "explain": {
+        "subset": 6,
+        "sanity_images": 3,
+        "batch_size": 4,
+        "attribution": {"ig_steps": 3, "occlusion_window": 0.5, "occlusion_stride": 0.5, "shap_samples": 2},
+        "faithfulness": {"steps": 4},
+        "gallery": {"per_outcome": 3, "compare_images": 2},
+    },
+}
+CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+ATTRIBUTIONS = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    write_tiny_dataset(root / "data")
+    params = validate(PARAMS)
+    for arch, epochs in (("resnet50", 2), ("densenet121", 1)):
+        p = validate({**PARAMS, "train": {**PARAMS["train"], "max_epochs": epochs}})
+        train.run(
+            p,
+            arch,
+            cache_dir=root / "data" / "cache",
+            split_file=root / "data" / "split.csv",
+            models_dir=root / "models",
+            metrics_dir=root / "metrics",
+            show_progress=False,
+        )
+    results = {
+        arch: explain.run(
+            params,
+            arch,
+            cache_dir=root / "data" / "cache",
+            split_file=root / "data" / "split.csv",
+            models_dir=root / "models",
+            explain_dir=root / "explain",
+            metrics_dir=root / "metrics",
+            device="cpu",
+            show_progress=False,
+        )
+        for arch in ("resnet50", "densenet121")
+    }
+    yield root, params, results
+    mp.undo()
+
+
+def test_outputs_per_image_table_and_metrics(project):
+    root, _, results = project
+    out = root / "explain" / "resnet50"
+    assert {p.name for p in out.iterdir()} == {
+        "per_image.csv",
+        "summary.csv",
+        "sanity.csv",
+        "maps.npz",
+        "gallery_gradcam.png",
+        "methods.png",
+    }
+    table = pd.read_csv(out / "per_image.csv")
+    test_images = 12  # tinydata: the last quarter of 48
+    counts = table.groupby("method").size()
+    assert all(counts[m] == test_images for m in CAMS)  # CAMs: every test image
+    assert all(counts[m] == 6 for m in ATTRIBUTIONS)  # attributions: the subset
+    assert set(table["outcome"]) <= {"TP", "FP", "FN", "TN"}
+    # localisation only where there are boxes (the Pneumonia images of tinydata), faithfulness only on the subset
+    assert table.loc[~table["has_box"], "pointing"].isna().all()
+    assert table.loc[table["has_box"], "pointing"].notna().all()
+    assert table.loc[~table["in_subset"], "deletion"].isna().all()
+    assert table.loc[table["in_subset"], "insertion"].between(0, 1).all()
+    metrics = json.loads((root / "metrics" / "explain" / "resnet50.json").read_text())
+    assert metrics == results["resnet50"]
+    assert metrics["images"] == test_images and metrics["images_with_boxes"] == 6
+    assert 0 < metrics["pointing_chance"] < 0.1  # 10×10 boxes on 32 px: 100/1024 of the image, minus edge pixels
+    grad = metrics["methods"]["gradcam"]
+    assert grad["pointing"]["low"] <= grad["pointing"]["mean"] <= grad["pointing"]["high"]
+    assert set(grad["accuracy_at_iobb"]) == {"0.1", "0.25", "0.5", "0.75", "0.9"}
+    assert isinstance(grad["sanity"]["passes"], bool)
+    sanity = pd.read_csv(out / "sanity.csv")
+    assert list(sanity.loc[sanity["method"] == "gradcam", "block"]) == [
+        "none",
+        "head",
+        "layer4",
+        "layer3",
+        "layer2",
+        "layer1",
+        "stem",
+    ]
+    assert sanity.loc[sanity["block"] == "none", "spearman"].round(6).eq(1.0).all()  # deterministic maps
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"all", "TP", "TN"} & set(summary["group"]) >= {"all"}
+
+
+def test_galleries_are_images_and_logged_to_the_train_run(project):
+    root, _, _ = project
+    for name in ("gallery_gradcam.png", "methods.png"):
+        with Image.open(root / "explain" / "densenet121" / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    ref = json.loads((root / "models" / "densenet121" / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=ref["tracking_uri"])
+    names = {a.path for a in client.list_artifacts(ref["run_id"], "explain")}
+    assert {
+        "explain/gallery_gradcam.png",
+        "explain/methods.png",
+        "explain/per_image.csv",
+        "explain/densenet121.json",
+    } <= names
+    run = client.get_run(ref["run_id"])
+    assert "explain/gradcam/pointing" in run.data.metrics
+
+
+def test_consistency_compares_the_two_architectures(project):
+    root, params, _ = project
+    metrics = explain.run_consistency(params, explain_dir=root / "explain", metrics_dir=root / "metrics")
+    assert metrics["images"] == 12
+    assert set(metrics["methods"]) == set(CAMS)
+    for entry in metrics["methods"].values():
+        assert -1 <= entry["spearman"]["mean"] <= 1 and 0 <= entry["top_iou"]["mean"] <= 1
+    table = pd.read_csv(root / "explain" / "consistency.csv")
+    assert len(table) == 12 * len(CAMS)
+
+
+def test_youden_threshold_reproduces_the_explained_outcomes(project, tmp_path):
+    root, params, _ = project
+    youden = validate({**PARAMS, "explain": {**PARAMS["explain"], "threshold": "youden"}})
+    threshold = explain.choose_threshold(youden, root / "models" / "resnet50" / "predictions.csv")
+    assert 0 <= threshold <= 1
+    assert explain.choose_threshold(params, Path("unused")) == 0.5
+
+
+def test_explain_image_cli_writes_an_overlay(project, tmp_path):
+    root, _, _ = project
+    images = np.load(root / "data" / "cache" / "images.npy")
+    png = tmp_path / "xray.png"
+    Image.fromarray(images[1]).save(png)
+    out = tmp_path / "overlay.png"
+    cmd = [sys.executable, "-m", "cxrexplain.cli", "explain-image", str(png)]
+    ckpt = ["--checkpoint", str(root / "models" / "resnet50" / "best.ckpt")]
+    done = subprocess.run([*cmd, *ckpt, "--out", str(out), "--class", "pneumonia"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "P(Pneumonia) = " in done.stdout and "explains Pneumonia" in done.stdout
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+    bad = subprocess.run([*cmd, *ckpt, "--method", "magic"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--method 'magic': unknown" in " ".join(bad.stderr.split())
+    missing = subprocess.run([*cmd, "--checkpoint", str(tmp_path / "none.ckpt")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "none.ckpt: checkpoint not found" in " ".join(missing.stderr.split())
+
+
+def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
+    from cxrexplain.errors import CxrError
+
+    write_tiny_dataset(tmp_path / "data")
+    with pytest.raises(CxrError, match=r"best.ckpt: not found; run the train stage first"):
+        explain.run(
+            validate(PARAMS),
+            "resnet50",
+            cache_dir=tmp_path / "data" / "cache",
+            split_file=tmp_path / "data" / "split.csv",
+            models_dir=tmp_path / "models",
+            explain_dir=tmp_path / "explain",
+            metrics_dir=tmp_path / "metrics",
+            log_to_mlflow=False,
+        )
