@@ -1,7 +1,7 @@
 """Grad-CAM cost: the native batched CAM against pytorch-grad-cam and captum, as a multiple of a plain forward pass.
 
     python benchmarks/bench_explain.py [--size 224] [--batch 16] [--repeats 5] [--archs resnet50 densenet121]
-                                       [--device cuda|cpu]
+                                       [--device cuda|cpu] [--steps 20]
 
 For each architecture (random weights, eval mode) and one batch of random images, times (median over ``--repeats``
 after one warm-up call each):
@@ -14,6 +14,8 @@ after one warm-up call each):
   as the native path. Captum takes ``torch.autograd.grad`` with respect to the layer's output, so it does not
   back-propagate through the backbone either, but its forward pass records the backbone's autograd graph (time and
   the activation memory a backward would need).
+- deletion+insertion: :func:`cxrexplain.explain.scores.deletion_insertion` of the batch's Grad-CAM maps with
+  ``--steps`` steps (2 × (steps + 1) forward passes per image, batched); divide ms/batch by the batch for per image.
 Every method explains each image for its predicted class (computed once, outside the timings, for the two libraries).
 Nothing here is asserted by the tests; numbers depend on the machine (on a shared CPU, keep it otherwise idle).
 """
@@ -34,6 +36,7 @@ from torch import nn
 
 from cxrexplain.config import ARCHS
 from cxrexplain.explain.cam import class_scores, compute_cams, normalise, upsample
+from cxrexplain.explain.scores import deletion_insertion
 from cxrexplain.models.backbones import Classifier, build_classifier
 
 
@@ -62,8 +65,8 @@ def median_seconds(call: Callable[[], object], repeats: int, device: str) -> flo
     return float(np.median(times[1:]))
 
 
-def bench_arch(arch: str, size: int, batch: int, repeats: int, device: str) -> dict[str, float]:
-    """Seconds per batch for the forward pass and each Grad-CAM implementation."""
+def bench_arch(arch: str, size: int, batch: int, repeats: int, device: str, steps: int = 20) -> dict[str, float]:
+    """Seconds per batch for the forward pass, each Grad-CAM implementation, and deletion/insertion scoring."""
     torch.manual_seed(0)
     model = build_classifier(arch).to(device).eval()
     images = torch.randn(batch, 1, size, size, device=device)
@@ -94,6 +97,12 @@ def bench_arch(arch: str, size: int, batch: int, repeats: int, device: str) -> d
     model.zero_grad(set_to_none=True)
     seconds["captum LayerGradCam"] = median_seconds(captum_gradcam, repeats, device)
     model.zero_grad(set_to_none=True)
+    maps = compute_cams(model, images, ("gradcam",), classes=classes).maps["gradcam"]
+
+    def faithfulness() -> object:
+        return deletion_insertion(model, images, maps, classes, steps=steps, batch_size=batch * 4)
+
+    seconds[f"deletion+insertion, {steps} steps"] = median_seconds(faithfulness, max(2, repeats // 2), device)
     return seconds
 
 
@@ -102,6 +111,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
@@ -114,7 +124,7 @@ def main() -> None:
     for column in ("arch", "method", "ms / batch", "images/s", "× forward"):
         table.add_column(column, justify="left" if column in ("arch", "method") else "right")
     for arch in args.archs:
-        seconds = bench_arch(arch, args.size, args.batch, args.repeats, args.device)
+        seconds = bench_arch(arch, args.size, args.batch, args.repeats, args.device, args.steps)
         forward = seconds["forward (no_grad)"]
         for method, value in seconds.items():
             table.add_row(arch, method, f"{value * 1e3:.1f}", f"{args.batch / value:.1f}", f"{value / forward:.2f}")

@@ -57,7 +57,8 @@ def test_sanity_summary_passes_a_method_whose_maps_decorrelate_and_fails_one_tha
     rows = []
     for method, rho in (("good", [1.0, 0.6, 0.1]), ("edge", [1.0, 0.99, 0.98])):
         for step, value in enumerate(rho):
-            rows += [{"method": method, "step": step, "block": f"b{step}", "image": i, "spearman": value} for i in (0, 1)]
+            row = {"method": method, "step": step, "block": f"b{step}", "spearman": value}
+            rows += [{**row, "image": i} for i in (0, 1)]
     table = sanity_summary(pd.DataFrame(rows)).drop_duplicates("method").set_index("method")
     assert bool(table.loc["good", "passes"]) and not bool(table.loc["edge", "passes"])
     assert table.loc["good", "min_spearman"] == pytest.approx(0.1)

@@ -240,7 +240,8 @@ def _sanity(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, setti
         stacked["image"] = stacked["image"] % b
         frames.append(stacked)
     for method in settings.attributions:
-        table = scores.cascading_randomisation(model, images, classes, _explain_fn(method, settings), seed=settings.seed)
+        fn = _explain_fn(method, settings)
+        table = scores.cascading_randomisation(model, images, classes, fn, seed=settings.seed)
         table.insert(0, "method", method)
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
