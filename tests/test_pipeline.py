@@ -83,6 +83,21 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     consistency = json.loads((dest / "metrics/explain/consistency.json").read_text())
     assert set(consistency["methods"]) >= {"gradcam"}
 
+    report = json.loads((dest / "reports/metrics.json").read_text())
+    assert report["synthetic"] is True and report["split_protocol"] == "patient"
+    for arch, entry in report["archs"].items():  # floors a broken model would not reach
+        assert entry["at_0.5"]["auroc"]["value"] >= 0.8 and entry["at_0.5"]["accuracy"]["value"] >= 0.7, arch
+    markdown = (dest / "reports/report.md").read_text()
+    assert "SYNTHETIC DATA" in markdown and "The study and this run" in markdown
+    for line in markdown.splitlines():  # every figure the Markdown links exists
+        if line.startswith("!["):
+            assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
+    assert "data:image/png;base64," in (dest / "reports/report.html").read_text()
+    plots = run(["dvc", "plots", "show", "--json"], dest, env)
+    assert "confusion_resnet50.csv" in plots and "roc_densenet121.csv" in plots
+    compare = run(["cxrexplain", "compare", "--last", "5"], dest, env)
+    assert "report @" in compare and "resnet50" in compare
+
     again = run(["dvc", "repro"], dest, env)
     assert "Data and pipelines are up to date." in again
     status = run(["dvc", "status"], dest, env)
@@ -100,6 +115,8 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
         assert stale_stages(dest, env) == {"train@resnet50", "train@densenet121"}
         (dest / "params.yaml").write_text(original.replace("  iobb_level:", "  iobb_level: 0.4  # was", 1))
         assert stale_stages(dest, env) == {"explain@resnet50", "explain@densenet121"}
+        (dest / "params.yaml").write_text(original.replace("seed: 42", "seed: 7", 1))
+        assert {"report", "explain@resnet50"} <= stale_stages(dest, env)
     finally:
         (dest / "params.yaml").write_text(original)
     assert stale_stages(dest, env) == set()

@@ -1,4 +1,5 @@
-"""The ``cxrexplain`` command: one sub-command per pipeline stage, plus user tools (``params``, ``synth``).
+"""The ``cxrexplain`` command: one sub-command per pipeline stage, plus user tools (params, synth, explain-image,
+compare).
 
 DVC calls the stage commands (see dvc.yaml); a person can call them too. Errors a user can cause print one clear
 message, without a traceback, and exit with status 2.
@@ -141,6 +142,38 @@ def consistency(path: ParamsOption = PARAMS_FILE) -> None:
     from cxrexplain.stages import explain as stage
 
     stage.run_consistency(load_params(path))
+
+
+@app.command()
+def report(path: ParamsOption = PARAMS_FILE) -> None:
+    """Stage report: metrics with intervals, the study beside this run, figures, explanations (reports/)."""
+    from cxrexplain.stages import report as stage
+
+    stage.run(load_params(path))
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "cxrexplain",
+    last: Annotated[int, typer.Option(help="how many recent runs")] = 20,
+) -> None:
+    """Print recent runs from the tracking store (commit, arch, data source, key and explanation metrics)."""
+    from rich.table import Table
+
+    from cxrexplain.tracking import recent_runs
+
+    table = recent_runs(experiment, last)
+    if table.empty:
+        typer.echo(
+            f"no runs in experiment {experiment!r} at {__import__('cxrexplain.tracking').tracking.tracking_uri()}"
+        )
+        return
+    view = Table(title=f"last {len(table)} runs of {experiment!r}")
+    for column in table.columns:
+        view.add_column(column, justify="left" if table[column].dtype == object else "right")
+    for row in table.itertuples(index=False):
+        view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=None if sys.stdout.isatty() else 200).print(view)
 
 
 @app.command("explain-image")

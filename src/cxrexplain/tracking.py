@@ -152,3 +152,75 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = Non
     batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
     for start in range(0, len(batch), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def summary_run(params: Any, arch_runs: Mapping[str, str], uri: str | None = None) -> str:
+    """Create the report's run: named ``report @ <commit7>``, tagged with the architecture runs it summarises.
+
+    Tags ``report.run.<arch>`` hold the run ids (the UI links them by search: ``tags.report.run.resnet50 = '…'``),
+    so a report can always be traced to the trained models it describes. Returns the new run's id.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri or tracking_uri()))
+    )
+    commit, dirty = git_state()
+    source = params.data.source
+    tags = {
+        "mlflow.runName": f"report @ {commit[:7]}" + (" [synthetic]" if source == "synthetic" else ""),
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "dvc.stage": "report",
+        "data.source": source,
+        **{f"report.run.{arch}": run_id for arch, run_id in arch_runs.items()},
+    }
+    if source == "synthetic":
+        tags["data.notice"] = SYNTHETIC_NOTICE
+    run = client.create_run(experiment_id, tags=tags)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+COMPARE_METRICS = {
+    "best_val/auroc": "val AUROC",
+    "best_test/auroc": "test AUROC",
+    "report/at_0.5/accuracy": "test acc",
+    "report/at_0.5/recall": "test recall",
+    "explain/gradcam/pointing": "Grad-CAM pointing",
+    "explain/gradcam/deletion": "Grad-CAM deletion",
+}
+
+
+def recent_runs(experiment: str = EXPERIMENT, last: int = 20, uri: str | None = None):
+    """The ``last`` most recent runs of ``experiment`` as a table: start, commit, run name, arch, source, key metrics.
+
+    Works with any tracking store (the SQLite default or a server). An unknown experiment gives an empty table.
+    """
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=last)
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        row = {
+            "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+            "commit": tags.get("git.commit", "")[:7] + ("*" if tags.get("git.dirty") == "true" else ""),
+            "run": tags.get("mlflow.runName", run.info.run_id[:8]),
+            "arch": tags.get("arch", "-"),
+            "source": tags.get("data.source", "-"),
+        }
+        row.update({label: metrics.get(key, float("nan")) for key, label in COMPARE_METRICS.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -191,3 +191,38 @@ def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
             metrics_dir=tmp_path / "metrics",
             log_to_mlflow=False,
         )
+
+
+def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
+    from cxrexplain.stages import report
+
+    root, params, _ = project
+    metrics_dir = root / "metrics"
+    (metrics_dir / "sample.json").write_text(json.dumps({"cached": {"images": 48, "pneumonia": 24}}))
+    (metrics_dir / "split.json").write_text(json.dumps({"splits": {"test": {"images": 12}}}))
+    metrics = report.run(
+        params,
+        models_dir=root / "models",
+        explain_dir=root / "explain",
+        metrics_dir=metrics_dir,
+        reports_dir=root / "reports",
+        bootstrap=50,
+    )
+    assert set(metrics["archs"]) == {"resnet50", "densenet121"}
+    entry = metrics["archs"]["resnet50"]["at_0.5"]["auroc"]
+    assert entry["low"] <= entry["value"] <= entry["high"]
+    md = (root / "reports" / "report.md").read_text()
+    assert "| accuracy | 0.932 |" in md  # the study's number beside ours
+    figures = {p.name for p in (root / "reports" / "figures").iterdir()}
+    assert {"confusion.png", "roc.png", "pr.png", "calibration.png", "training.png"} <= figures
+    assert {"gallery_gradcam_resnet50.png", "methods_densenet121.png"} <= figures
+    ref = json.loads((root / "models" / "resnet50" / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=ref["tracking_uri"])
+    summary = client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
+    assert len(summary) == 1 and summary[0].data.tags["report.run.resnet50"] == ref["run_id"]
+    assert {a.path for a in client.list_artifacts(summary[0].info.run_id, "report")} >= {
+        "report/report.md",
+        "report/report.html",
+        "report/metrics.json",
+    }
+    assert "report/at_0.5/auroc" in client.get_run(ref["run_id"]).data.metrics
