@@ -139,9 +139,9 @@ def explain(
 @app.command()
 def consistency(path: ParamsOption = PARAMS_FILE) -> None:
     """Stage consistency: agreement of the two architectures' CAMs on the same images."""
-    from cxrexplain.stages import explain as stage
+    from cxrexplain.stages import consistency as stage
 
-    stage.run_consistency(load_params(path))
+    stage.run(load_params(path))
 
 
 @app.command()

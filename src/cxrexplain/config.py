@@ -185,6 +185,10 @@ class ExplainParams(_Section):
         return tuple(value) if isinstance(value, list) else value
 
 
+class ReportParams(_Section):
+    bootstrap: int = Field(1000, ge=50, description="bootstrap resamples of the test set for the 95 % intervals")
+
+
 class Params(_Section):
     seed: int = Field(42, description="global seed: sampling, splitting, training")
     workers: int = Field(
@@ -196,6 +200,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     explain: ExplainParams = ExplainParams()
+    report: ReportParams = ReportParams()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

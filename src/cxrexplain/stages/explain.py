@@ -3,7 +3,8 @@ explanations, draw galleries, and log it all to the architecture's MLflow run.
 
 Reads ``models/<arch>/best.ckpt`` (+ its ``predictions.csv`` for a Youden threshold and ``mlflow_run.json``), the
 cache and the split. Writes ``explain/<arch>/`` (per-image table, summary with bootstrap intervals, sanity table,
-CAM maps, galleries) and ``metrics/explain/<arch>.json``; the stage ``consistency`` compares the architectures.
+CAM maps, galleries) and ``metrics/explain/<arch>.json``; stage ``consistency`` (stages/consistency.py) compares
+the architectures.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from cxrexplain.explain.evaluate import (
     FAITHFULNESS,
     LOCALISATION,
     ExplainSettings,
-    consistency,
     explain_images,
     parse_boxes,
     sanity_summary,
@@ -294,48 +294,4 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(image)).resize((size, size), Image.BILINEAR))
 
 
-def run_consistency(
-    params: Params, *, explain_dir: Path = EXPLAIN_DIR, metrics_dir: Path = METRICS_DIR, archs: tuple[str, ...] = ARCHS
-) -> dict:
-    """Stage consistency: do the architectures' CAMs of the same images agree (rank correlation, top-20 % IoU)?"""
-    if len(archs) != 2:
-        raise CxrError(f"consistency compares two architectures, got {archs}")
-    loaded = []
-    for arch in archs:
-        path = Path(explain_dir) / arch / MAPS_FILE
-        if not path.is_file():
-            raise CxrError(f"{path}: not found; run dvc repro explain@{arch} first")
-        with np.load(path) as data:
-            loaded.append(
-                (list(data["images"]), {k.removeprefix("raw/"): data[k] for k in data.files if k.startswith("raw/")})
-            )
-    (names_a, raw_a), (names_b, raw_b) = loaded
-    if names_a != names_b:
-        raise CxrError(f"{archs[0]} and {archs[1]} explained different images; re-run both explain stages")
-    size = (params.train.image_size, params.train.image_size)
-    table = consistency(raw_a, raw_b, size)
-    table.insert(1, "image", np.asarray(names_a)[table["index"].to_numpy()])
-    summary = pd.concat(
-        [
-            summarise(frame, by=None, metrics=["spearman", "top_iou"], seed=params.seed).assign(method=method)
-            for method, frame in table.groupby("method", sort=False)
-        ],
-        ignore_index=True,
-    )
-    write_csv(Path(explain_dir) / "consistency.csv", table)
-    metrics = {
-        "archs": list(archs),
-        "images": len(names_a),
-        "methods": {
-            method: {
-                row["metric"]: {"mean": row["mean"], "low": row["low"], "high": row["high"]}
-                for _, row in frame.iterrows()
-            }
-            for method, frame in summary.groupby("method", sort=False)
-        },
-    }
-    write_json(Path(metrics_dir) / "explain" / "consistency.json", metrics)
-    return metrics
-
-
-__all__ = ["IOBB_THRESHOLDS", "run", "run_consistency", "settings_from"]
+__all__ = ["IOBB_THRESHOLDS", "MAPS_FILE", "run", "settings_from"]

@@ -59,13 +59,14 @@ def run(
     reports_dir: Path = REPORTS_DIR,
     archs: tuple[str, ...] = ARCHS,
     log_to_mlflow: bool = True,
-    bootstrap: int = 1000,
+    bootstrap: int | None = None,
 ) -> dict:
     """Build the report; returns ``reports/metrics.json``'s content."""
     reports_dir = Path(reports_dir)
     fig_dir = reports_dir / "figures"
     shutil.rmtree(fig_dir, ignore_errors=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
+    bootstrap = bootstrap or params.report.bootstrap
     synthetic = params.data.source == "synthetic"
     note = "synthetic data: not medical evidence" if synthetic else ""
     sample = _read_json(Path(metrics_dir) / "sample.json")
