@@ -26,7 +26,9 @@ test-fast: setup  ## unit tests only (no DVC pipeline run)
 demo: setup  ## the pipeline on the synthetic mirror with the demo profile (rewrites params.yaml)
 	$(BIN)/cxrexplain params --profile demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	@echo "Synthetic data, not medical evidence. Metrics: metrics/*.json (dvc metrics show)."
+	@echo "Synthetic data, not medical evidence. Report: reports/report.html (open in a browser) and reports/report.md;"
+	@echo "metrics: reports/metrics.json, metrics/*.json ($(BIN)/dvc metrics show); runs: $(BIN)/cxrexplain compare,"
+	@echo "or the MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)"
 	@echo "Back to the study's configuration: $(BIN)/cxrexplain params --profile study"
 
 lint: setup
@@ -34,4 +36,4 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean-data:  ## remove pipeline outputs (not the download)
-	rm -rf data/cache data/split.csv
+	rm -rf data/cache data/split.csv models explain
