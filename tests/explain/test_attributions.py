@@ -1,7 +1,5 @@
 """Captum attribution baselines: exact attributions on linear toy models, per-image targets, batching, modes."""
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +22,6 @@ from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD, build_classifier
 
 W = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
 X = torch.tensor([[0.5, 1.0], [-1.0, 2.0]])
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared CPU, oversubscribed threads make these tiny models 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def linear(weight: torch.Tensor = W, bias: float = 0.25) -> nn.Module:

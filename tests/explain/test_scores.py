@@ -1,7 +1,6 @@
 """Explanation metrics: exact values on hand-sized maps, boxes and toy models."""
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -47,15 +46,6 @@ MASK = torch.tensor(
     dtype=torch.bool,
 )
 RAMP = torch.arange(16.0).view(4, 4) / 15  # 0 … 1 in row-major order
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared CPU, oversubscribed threads make these tiny models 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MeanProbability(nn.Module):

@@ -120,7 +120,7 @@ def test_unreachable_tracking_server_fails_before_training(project, monkeypatch)
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-    project = workdir(tmp_path, {"train": {**TINY["train"], "max_epochs": 6, "patience": 10}})
+    project = workdir(tmp_path, {"train": {**TINY["train"], "max_epochs": 4, "patience": 10}})
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db", "PATH": f"{BIN}:{os.environ['PATH']}"}
     cmd = ["cxrexplain", "train", "--arch", "resnet50", "--no-progress"]
     last = project / "models" / "resnet50" / "last.ckpt"
@@ -137,7 +137,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming resnet50 from models/resnet50/last.ckpt" in resumed.stderr.replace("\n", " ").replace("  ", " ")
     history = pd.read_csv(project / "models" / "resnet50" / "history.csv")
-    assert history["epoch"].tolist() == [0, 1, 2, 3, 4, 5]  # the epochs before the kill are kept, not redone
+    assert history["epoch"].tolist() == [0, 1, 2, 3]  # the epochs before the kill are kept, not redone
     ref = json.loads((project / "models" / "resnet50" / "mlflow_run.json").read_text())
     assert ref["run_id"] == killed_run  # the same MLflow run continues
 

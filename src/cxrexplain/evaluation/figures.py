@@ -22,7 +22,8 @@ from cxrexplain.io import atomic_file
 CLASSES = ("No Finding", "Pneumonia")
 
 
-def _save(fig: plt.Figure, path: Path, note: str) -> Path:
+def save_figure(fig: plt.Figure, path: Path, note: str = "") -> Path:
+    """Write ``fig`` as a PNG atomically (``note`` printed at the bottom, e.g. the synthetic-data notice), close it."""
     if note:
         fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, color="#a00")
     path = Path(path)
@@ -52,7 +53,7 @@ def confusion_figure(
             ax.set_ylabel("true")
             ax.set_title(f"{arch}: {what}{threshold_note}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, note)
+    return save_figure(fig, path, note)
 
 
 def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path, *, note: str = "") -> Path:
@@ -65,7 +66,7 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path:
     ax.set_ylabel("true positive rate (recall)")
     ax.set_title("ROC, test set")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path, note)
+    return save_figure(fig, path, note)
 
 
 def pr_figure(
@@ -81,7 +82,7 @@ def pr_figure(
     ax.set_ylim(0, 1.02)
     ax.set_title("Precision-recall, test set")
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path, note)
+    return save_figure(fig, path, note)
 
 
 def calibration_figure(bins: Mapping[str, list[tuple[float, float, int]]], path: Path, *, note: str = "") -> Path:
@@ -96,7 +97,7 @@ def calibration_figure(bins: Mapping[str, list[tuple[float, float, int]]], path:
     ax.set_ylabel("observed Pneumonia rate")
     ax.set_title("Calibration, test set (10 bins)")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path, note)
+    return save_figure(fig, path, note)
 
 
 def training_figure(histories: Mapping[str, pd.DataFrame], path: Path, *, note: str = "") -> Path:
@@ -113,4 +114,4 @@ def training_figure(histories: Mapping[str, pd.DataFrame], path: Path, *, note: 
             ax.set_xlabel("epoch")
             ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path, note)
+    return save_figure(fig, path, note)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from cxrexplain.io import atomic_file
+from cxrexplain.evaluation.figures import save_figure
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
 OUTCOME_TITLES = {
@@ -61,15 +61,6 @@ def _draw(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray | None, boxes: Se
     ax.set_yticks([])
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def caption(label: int, probability: float, image: str | None = None) -> str:
     """``"<image>\\nlabel Pneumonia · p=0.91"``: what each gallery tile says."""
     name = "Pneumonia" if label == 1 else "No Finding"
@@ -111,7 +102,7 @@ def outcome_gallery(
         )
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def method_grid(
@@ -133,7 +124,7 @@ def method_grid(
             _draw(axes[r, c], image, maps[method][r], boxes[r], method if r == 0 else "")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def single_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path, *, title: str = "") -> Path:
@@ -141,4 +132,4 @@ def single_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path, *, title:
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8), squeeze=False)
     _draw(axes[0, 0], image, None, [], "input")
     _draw(axes[0, 1], image, heatmap, [], title)
-    return _save(fig, path)
+    return save_figure(fig, path)
