@@ -20,6 +20,8 @@ from cxrexplain.explain.attributions import (
 )
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD, build_classifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 W = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
 X = torch.tensor([[0.5, 1.0], [-1.0, 2.0]])
 

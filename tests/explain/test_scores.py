@@ -34,6 +34,8 @@ from cxrexplain.explain.scores import (
 )
 from cxrexplain.models.backbones import Classifier, build_classifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Rows 1-2, columns 0-2 (pixel centres 0.5, 1.5, 2.5 in [0.5, 2.5]; 1.5, 2.5 in [1.0, 2.6]), and pixel (3, 3).
 BOXES = [[0.5, 1.0, 2.0, 1.6], [3.0, 3.0, 1.0, 1.0]]
 MASK = torch.tensor(

@@ -46,7 +46,8 @@ def confusion_figure(
             ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
             for i in range(2):
                 for j in range(2):
-                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=11)
+                    colour = "white" if norm[i, j] > 0.5 else "black"  # readable on dark and light cells
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=11, color=colour)
             ax.set_xticks([0, 1], CLASSES, fontsize=8)
             ax.set_yticks([0, 1], CLASSES, fontsize=8)
             ax.set_xlabel("predicted")
