@@ -28,6 +28,7 @@ from cxrexplain.explain import attributions, cam, scores
 
 LOCALISATION = ("pointing", "energy", "iou", "iobb")
 FAITHFULNESS = ("deletion", "insertion", "confidence_change", "confidence_rise")
+MAPS_FILE = "maps.npz"  # explain/<arch>/: raw CAMs, written by the explain stage, read by the consistency stage
 SANITY_PASS = 0.5  # a method passes when some randomisation step brings its mean Spearman correlation below this
 
 
@@ -104,12 +105,6 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (N,) in eval mode without gradients; the model's mode is restored."""
-    with cam.evaluating(model), torch.no_grad():
-        return torch.cat([model(images[part]) for part in _batches(len(images), batch_size)])
-
-
 def _localisation(maps: torch.Tensor, masks: torch.Tensor, level: float, hits: torch.Tensor) -> dict[str, np.ndarray]:
     iou, iobb = scores.iou_iobb(maps, masks, level=level)
     return {
@@ -138,19 +133,22 @@ def explain_images(
     n, _, height, width = images.shape
     device = images.device
     labels_t = torch.as_tensor(np.asarray(labels), device=device).long()
-    logits = predict_logits(model, images, settings.batch_size)
-    classes = cam.resolve_targets(logits, target, labels_t)
     masks = scores.box_masks([list(b) for b in boxes], height, width).to(device)
     has_box = masks.flatten(1).any(dim=1)
 
     cam_maps: dict[str, list[torch.Tensor]] = {m: [] for m in settings.cams}
     cam_raw: dict[str, list[torch.Tensor]] = {m: [] for m in settings.cams}
+    logit_parts, class_parts = [], []
     for part in _batches(n, settings.batch_size):
-        result = cam.compute_cams(model, images[part], settings.cams, classes=classes[part])
+        # the CAM pass is also the prediction: its logits and resolved classes are kept (no second forward)
+        result = cam.compute_cams(model, images[part], settings.cams, target=target, labels=labels_t[part])
+        logit_parts.append(result.logits.detach())
+        class_parts.append(result.classes)
         for m in settings.cams:
             cam_maps[m].append(result.maps[m])
             cam_raw[m].append(result.raw[m])
         advance(part.stop - part.start)
+    logits, classes = torch.cat(logit_parts), torch.cat(class_parts)
     maps_full = {m: torch.cat(v) for m, v in cam_maps.items()}
     raw = {m: torch.cat(v) for m, v in cam_raw.items()}
 

@@ -12,7 +12,7 @@ from cxrexplain.data.datamodule import eval_transform
 from cxrexplain.data.sample import to_gray8
 from cxrexplain.errors import CxrError
 from cxrexplain.explain import attributions, cam, gallery
-from cxrexplain.models.module import PneumoniaClassifier
+from cxrexplain.models.module import load_checkpoint
 
 CLASS_NAMES = {0: "No Finding", 1: "Pneumonia"}
 
@@ -53,12 +53,7 @@ def explain_file(
         data = image_path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{image_path}: image not found") from None
-    try:
-        module = PneumoniaClassifier.load_from_checkpoint(checkpoint, map_location=device)
-    except Exception as error:
-        raise CxrError(
-            f"{checkpoint}: not a cxrexplain training checkpoint ({type(error).__name__}: {error})"
-        ) from None
+    module = load_checkpoint(checkpoint, device)
     side = size or module.hparams.get("image_size")
     if not side:
         raise CxrError(f"{checkpoint}: records no training image size; pass --size")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,6 +18,7 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import build_classifier
 
 # Metric names are the same in every run and commit, so MLflow and `dvc metrics diff` can compare them.
@@ -118,3 +120,11 @@ class PneumoniaClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> PneumoniaClassifier:
+    """A training checkpoint's module on ``device``; a truncated or foreign file is a :class:`CxrError` naming it."""
+    try:
+        return PneumoniaClassifier.load_from_checkpoint(path, map_location=device)
+    except Exception as error:
+        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {error})") from None

@@ -14,11 +14,9 @@ import pandas as pd
 
 from cxrexplain.config import ARCHS, EXPLAIN_DIR, METRICS_DIR, Params
 from cxrexplain.errors import CxrError
-from cxrexplain.explain.evaluate import consistency
+from cxrexplain.explain.evaluate import MAPS_FILE, consistency
 from cxrexplain.explain.scores import summarise
 from cxrexplain.io import write_csv, write_json
-
-MAPS_FILE = "maps.npz"  # written by the explain stage
 
 
 def run(

@@ -35,6 +35,8 @@ from cxrexplain.explain import gallery
 from cxrexplain.explain.evaluate import (
     FAITHFULNESS,
     LOCALISATION,
+    MAPS_FILE,
+    Explained,
     ExplainSettings,
     explain_images,
     parse_boxes,
@@ -43,12 +45,11 @@ from cxrexplain.explain.evaluate import (
 )
 from cxrexplain.explain.scores import IOBB_THRESHOLDS, accuracy_at_iobb, outcomes, summarise
 from cxrexplain.io import atomic_file, write_csv, write_json
-from cxrexplain.models.module import PneumoniaClassifier
+from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
+from cxrexplain.models.module import load_checkpoint
 from cxrexplain.progress import item_progress
 
 log = logging.getLogger(__name__)
-
-MAPS_FILE = "maps.npz"
 
 
 def settings_from(params: Params) -> ExplainSettings:
@@ -77,13 +78,7 @@ def load_model(checkpoint: Path, device: torch.device) -> torch.nn.Module:
     """The :class:`~cxrexplain.models.backbones.Classifier` of a training checkpoint, in eval mode on ``device``."""
     if not Path(checkpoint).is_file():
         raise CxrError(f"{checkpoint}: not found; run the train stage first (dvc repro train)")
-    try:
-        module = PneumoniaClassifier.load_from_checkpoint(checkpoint, map_location=device)
-    except Exception as error:  # a truncated or foreign file
-        raise CxrError(
-            f"{checkpoint}: not a cxrexplain training checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    return module.model.to(device).eval()
+    return load_checkpoint(checkpoint, device).model.to(device).eval()
 
 
 def choose_threshold(params: Params, predictions: Path) -> float:
@@ -195,7 +190,8 @@ def run(
         np.savez_compressed(
             fh, images=part["image"].to_numpy().astype(str), **{f"raw/{m}": v for m, v in result.raw.items()}
         )
-    figures = _galleries(arch, params, part, images, boxes, per_image, result, out, threshold)
+    shown = (x[:, 0] * GRAY_STD + GRAY_MEAN).clamp(0, 1).numpy()  # the network's input, back in 0..1
+    figures = _galleries(arch, params, part, shown, boxes, per_image, result, out, threshold)
 
     metrics = {
         "arch": arch,
@@ -236,18 +232,16 @@ def _galleries(
     arch: str,
     params: Params,
     part: pd.DataFrame,
-    images: np.ndarray,
+    shown: np.ndarray,
     boxes: list,
     per_image: pd.DataFrame,
-    result,
+    result: Explained,
     out: Path,
     threshold: float,
 ) -> list[Path]:
-    size = params.train.image_size
     g = params.explain.gallery
     synthetic = " · SYNTHETIC data, not medical evidence" if params.data.source == "synthetic" else ""
     first = per_image.drop_duplicates("index").set_index("index").sort_index()
-    shown = [np.asarray(_resize(images[r], size)) for r in part["row"]]
     captions = [
         gallery.caption(int(lab), float(p)) for lab, p in zip(first["label"], first["probability"], strict=True)
     ]
@@ -286,12 +280,6 @@ def _galleries(
         )
     )
     return figures
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.asarray(image)).resize((size, size), Image.BILINEAR))
 
 
 __all__ = ["IOBB_THRESHOLDS", "MAPS_FILE", "run", "settings_from"]
