@@ -74,9 +74,30 @@ def test_youden_threshold_separates_perfectly_separable_predictions():
     labels = np.array([0, 0, 0, 1, 1])
     probs = np.array([0.1, 0.2, 0.35, 0.6, 0.9])
     t = youden_threshold(labels, probs)
-    assert 0.35 <= t < 0.6
+    assert t == pytest.approx((0.35 + 0.6) / 2)  # the middle of the gap, not the edge of the positives
     assert ((probs > t) == labels.astype(bool)).all()  # the outcome rule (prob > t) reproduces the labels
+    saturated = np.array([1e-4, 2e-3, 5e-3, 0.9996, 0.9999])  # a confident model: still near the middle
+    assert 0.4 < youden_threshold(labels, saturated) < 0.6
     assert youden_threshold(np.array([1, 1]), np.array([0.2, 0.4])) == 0.5
+
+
+def test_youden_threshold_maximises_j_and_reproduces_it_with_the_strict_rule():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        labels = rng.integers(0, 2, 40)
+        labels[:2] = [0, 1]
+        probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), 2)  # ties included
+        t = youden_threshold(labels, probs)
+        j = [
+            ((probs > c) & (labels == 1)).sum() / labels.sum()
+            - ((probs > c) & (labels == 0)).sum() / (labels == 0).sum()
+            for c in np.concatenate([[-1.0], np.unique(probs)])
+        ]
+        called = probs > t
+        achieved = called[labels == 1].mean() - called[labels == 0].mean()
+        assert achieved == pytest.approx(max(j)), (labels, probs, t)
+        if (probs >= 0.0).all() and t < probs.min():  # everything positive: just below the lowest score
+            assert t == np.nextafter(probs.min(), -np.inf)
 
 
 def test_explain_images_on_an_untrained_model_fills_every_table():
