@@ -49,3 +49,19 @@ def test_document_renders_the_same_blocks_as_markdown_and_self_contained_html(tm
     page = doc.html()
     assert "<b>bold</b>" in page and "<code>code</code>" in page and "&lt;tag&gt;" in page
     assert "data:image/png;base64," in page and "figures/a.png" not in page  # embedded, not linked
+
+
+def test_the_synthetic_note_sits_below_the_axis_labels():
+    import matplotlib.pyplot as plt
+
+    from cxrexplain.evaluation.figures import add_note
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1])
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    note = add_note(fig, "synthetic data: not medical evidence")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    label_bottom = ax.xaxis.label.get_window_extent(renderer).y0
+    assert note.get_window_extent(renderer).y1 < label_bottom  # no overlap with the x label
+    plt.close(fig)

@@ -22,10 +22,17 @@ from cxrexplain.io import atomic_file
 CLASSES = ("No Finding", "Pneumonia")
 
 
+def add_note(fig: plt.Figure, note: str) -> matplotlib.text.Text:
+    """``note`` centred below everything already drawn (tick and axis labels included), so it overlaps nothing."""
+    fig.canvas.draw()  # lay the labels out first: their extents are only known after a draw
+    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()  # inches → figure fraction
+    return fig.text(0.5, bottom - 0.01, note, ha="center", va="top", fontsize=7, color="#a00")
+
+
 def save_figure(fig: plt.Figure, path: Path, note: str = "") -> Path:
     """Write ``fig`` as a PNG atomically (``note`` printed at the bottom, e.g. the synthetic-data notice), close it."""
     if note:
-        fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, color="#a00")
+        add_note(fig, note)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
