@@ -23,13 +23,13 @@ test: setup  ## the whole suite, the reduced DVC pipeline included
 test-fast: setup  ## unit tests only (no DVC pipeline run)
 	$(BIN)/python -m pytest -m "not slow"
 
-demo: setup  ## the pipeline on the synthetic mirror with the demo profile (rewrites params.yaml)
+demo: setup  ## the pipeline on the synthetic mirror with the demo profile (params.yaml on main; re-rendered here)
 	$(BIN)/cxrexplain params --profile demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "Synthetic data, not medical evidence. Report: reports/report.html (open in a browser) and reports/report.md;"
 	@echo "metrics: reports/metrics.json, metrics/*.json ($(BIN)/dvc metrics show); runs: $(BIN)/cxrexplain compare,"
 	@echo "or the MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)"
-	@echo "Back to the study's configuration: $(BIN)/cxrexplain params --profile study"
+	@echo "The study's configuration (real NIH data, GPU): $(BIN)/cxrexplain params --profile study (README)"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

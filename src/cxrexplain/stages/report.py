@@ -227,7 +227,10 @@ def _document(params, sample, split, results, explained, consistency, made, arch
     doc.heading("Explanations")
     doc.paragraph(
         "Per method, on the test images with boxes (localisation) and on the explain subset (faithfulness): means with "
-        "95 % bootstrap intervals. Pointing game chance level = share of image area inside boxes. Sanity: cascading "
+        "95 % bootstrap intervals. Pointing game chance level = share of image area inside boxes. IoBB (ChestX-ray8's "
+        f"measure) divides by the area of the map binarised at {params.explain.iobb_level:g} × its peak, so sparse "
+        "pixel attributions (saliency, Integrated Gradients) score near 1 when their few peak pixels fall inside a "
+        "box; the pointing game and the energy in boxes compare CAMs and pixel methods more fairly. Sanity: cascading "
         "model-parameter randomisation; a method passes when its maps' Spearman correlation with the trained model's "
         "falls below 0.5."
     )

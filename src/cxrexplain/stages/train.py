@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -128,6 +129,9 @@ def run(
         artifact_location=tracking.artifact_location(uri),
         run_id=previous_run,
     )
+    # the directory already holds mlflow_run.json (written before fit, so that a killed run resumes the same MLflow
+    # run) or, when resuming, last.ckpt: both expected, so Lightning's "exists and is not empty" warning is noise
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     checkpoint = ModelCheckpoint(
         dirpath=out,
         filename="best",
