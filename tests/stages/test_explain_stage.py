@@ -1,6 +1,9 @@
 """Stage explain@arch and consistency on a tiny trained model: outputs, metrics, MLflow artifacts, explain-image."""
 
+import base64
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +219,14 @@ def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
     figures = {p.name for p in (root / "reports" / "figures").iterdir()}
     assert {"confusion.png", "roc.png", "pr.png", "calibration.png", "training.png"} <= figures
     assert {"gallery_gradcam_resnet50.png", "methods_densenet121.png"} <= figures
+    linked = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md, flags=re.M)
+    embedded = re.findall(
+        r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)">', (root / "reports/report.html").read_text()
+    )
+    assert len(embedded) == len(linked) >= 9  # every figure the Markdown links is embedded in the HTML
+    for link, data in zip(linked, embedded, strict=True):  # the same PNG, and one a browser can decode
+        assert base64.b64decode(data) == (root / "reports" / link).read_bytes(), link
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
     ref = json.loads((root / "models" / "resnet50" / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
     summary = client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
