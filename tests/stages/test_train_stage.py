@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -105,6 +106,12 @@ def test_same_params_and_seed_give_the_same_val_metrics(project):
     second = run_in_process(project, "densenet121", models="b")
     assert first["val"] == second["val"]
     assert first["best_val_loss"] == second["best_val_loss"]
+    for name in ("best.ckpt", "last.ckpt"):  # no absolute path inside: the same bytes (and DVC hash) in any folder
+        a, b = (project / d / "densenet121" / name for d in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes(), name
+    state = torch.load(project / "a" / "densenet121" / "best.ckpt", map_location="cpu", weights_only=False)
+    saved = next(v for k, v in state["callbacks"].items() if k.startswith("PortableCheckpoint"))
+    assert saved["dirpath"] == "." and saved["best_model_path"] == "best.ckpt"
 
 
 def test_unreachable_tracking_server_fails_before_training(project, monkeypatch):
@@ -219,3 +226,22 @@ def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypa
     assert "val/auroc" in run.data.metrics
     local = client.download_artifacts(run.info.run_id, "train/best.ckpt", str(tmp_path / "down"))
     assert Path(local).stat().st_size == (tmp_path / "models" / "resnet50" / "best.ckpt").stat().st_size
+
+
+def test_portable_checkpoint_state_round_trips_without_absolute_paths(tmp_path):
+    import warnings
+
+    saver = train.PortableCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True)
+    home = saver.dirpath
+    saver.best_model_path = saver.kth_best_model_path = os.path.join(home, "best.ckpt")
+    saver.last_model_path = os.path.join(home, "last.ckpt")
+    saver.best_model_score = torch.tensor(0.25)
+    saver.best_k_models = {saver.best_model_path: torch.tensor(0.25)}
+    state = saver.state_dict()
+    assert str(tmp_path) not in repr(state)  # nothing that names this folder
+    resumed = train.PortableCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning warns (and drops the best score) when the directory looks changed
+        resumed.load_state_dict(state)
+    assert resumed.best_model_score == 0.25 and resumed.best_model_path == saver.best_model_path
+    assert resumed.last_model_path == saver.last_model_path and set(resumed.best_k_models) == {saver.best_model_path}

@@ -9,6 +9,7 @@ rank 0 clears the folder, creates the MLflow run, predicts and writes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -34,6 +35,45 @@ log = logging.getLogger("cxrexplain.train")
 route_library_logs()
 
 RUN_REF = "mlflow_run.json"
+
+
+class PortableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose saved state names its files relative to the checkpoint directory.
+
+    Lightning stores absolute paths (the directory, the best/last/k-th files) inside every checkpoint, so the same
+    training in two clones gave different bytes and a different DVC hash for ``models/<arch>``. Here they are stored
+    relative to the directory and resolved against it on resume, where Lightning's own "same directory" check then
+    holds as before.
+    """
+
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        home = state["dirpath"]
+        if not home:
+            return state
+
+        def rel(path: str) -> str:
+            inside = path and os.path.isabs(path) and os.path.dirname(path) == home
+            return os.path.relpath(path, home) if inside else path
+
+        state.update({key: rel(state[key]) for key in self._PATHS})
+        state["best_k_models"] = {rel(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = "."
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        if state.get("dirpath") == "." and self.dirpath:
+
+            def resolve(path: str) -> str:
+                return os.path.join(self.dirpath, path) if path and not os.path.isabs(path) else path
+
+            state.update({key: resolve(state.get(key, "")) for key in self._PATHS if key in state})
+            state["best_k_models"] = {resolve(k): v for k, v in state.get("best_k_models", {}).items()}
+            state["dirpath"] = self.dirpath
+        super().load_state_dict(state)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -132,7 +172,7 @@ def run(
     # the directory already holds mlflow_run.json (written before fit, so that a killed run resumes the same MLflow
     # run) or, when resuming, last.ckpt: both expected, so Lightning's "exists and is not empty" warning is noise
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    checkpoint = ModelCheckpoint(
+    checkpoint = PortableCheckpoint(
         dirpath=out,
         filename="best",
         monitor="val/loss",
