@@ -132,7 +132,7 @@ def explain_images(
     """
     n, _, height, width = images.shape
     device = images.device
-    labels_t = torch.as_tensor(np.asarray(labels), device=device).long()
+    labels_t = torch.tensor(np.array(labels), device=device).long()  # a copy: pandas may hand a read-only view
     masks = scores.box_masks([list(b) for b in boxes], height, width).to(device)
     has_box = masks.flatten(1).any(dim=1)
 
