@@ -32,8 +32,8 @@ demo: setup  ## the pipeline on the synthetic mirror with the demo profile (para
 	@echo "The study's configuration (real NIH data, GPU): $(BIN)/cxrexplain params --profile study (README)"
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 clean-data:  ## remove pipeline outputs (not the download)
 	rm -rf data/cache data/split.csv models explain
