@@ -118,6 +118,9 @@ def run_tags(
     return tags
 
 
+RUN_REF = "mlflow_run.json"  # in models/<arch>/: the training's MLflow run, which later stages log into
+
+
 def write_run_ref(path: Path, run_id: str, uri: str, experiment_id: str) -> None:
     """Record which run a stage logged to, for the later stages (explain, report) to log into the same run."""
     write_json(path, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id})

@@ -140,7 +140,7 @@ def run(
     if arch not in ARCHS:
         raise CxrError(f"explain: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
     e = params.explain
-    run_ref = Path(models_dir) / arch / "mlflow_run.json"
+    run_ref = Path(models_dir) / arch / tracking.RUN_REF
     ref = tracking.read_run_ref(run_ref) if log_to_mlflow else None
     if ref is not None:
         tracking.check_reachable(ref["tracking_uri"])

@@ -282,7 +282,7 @@ def _document(params, sample, split, results, explained, consistency, made, arch
 
 
 def _log(params: Params, archs, models_dir: Path, reports_dir: Path, made: dict, metrics: dict) -> None:
-    refs = {a: tracking.read_run_ref(Path(models_dir) / a / "mlflow_run.json") for a in archs}
+    refs = {a: tracking.read_run_ref(Path(models_dir) / a / tracking.RUN_REF) for a in archs}
     uri = next(iter(refs.values()))["tracking_uri"]
     tracking.check_reachable(uri)
     for a, ref in refs.items():

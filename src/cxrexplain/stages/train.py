@@ -34,16 +34,14 @@ from cxrexplain.models.module import PneumoniaClassifier
 log = logging.getLogger("cxrexplain.train")
 route_library_logs()
 
-RUN_REF = "mlflow_run.json"
-
 
 class PortableCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint whose saved state names its files relative to the checkpoint directory.
 
     Lightning stores absolute paths (the directory, the best/last/k-th files) inside every checkpoint, so the same
-    training in two clones gave different bytes and a different DVC hash for ``models/<arch>``. Here they are stored
-    relative to the directory and resolved against it on resume, where Lightning's own "same directory" check then
-    holds as before.
+    training in two clones gave checkpoints of different bytes (and DVC hashes). Here they are stored relative to the
+    directory and resolved against it on resume, where Lightning's own "same directory" check then holds as before.
+    (The ``models/<arch>`` folder's hash still differs between clones: its ``mlflow_run.json`` names each one's run.)
     """
 
     _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -156,7 +154,7 @@ def run(
     if on_gpu:
         module = module.to(memory_format=torch.channels_last)
 
-    ref_path = out / RUN_REF
+    ref_path = out / tracking.RUN_REF
     previous_run = tracking.read_run_ref(ref_path)["run_id"] if resuming and ref_path.is_file() else None
     commit, _ = tracking.git_state()
     logger = MLFlowLogger(
