@@ -1,5 +1,6 @@
 """tracking.py's pure helpers: the same param keys and readable run names in every run."""
 
+import subprocess
 from pathlib import Path
 
 from cxrexplain import tracking
@@ -41,3 +42,22 @@ def test_git_state_outside_a_repository(tmp_path):
     assert tracking.git_state(tmp_path) == ("unknown", True)
     commit, dirty = tracking.git_state(Path(__file__).parent)
     assert len(commit) == 40 and isinstance(dirty, bool)
+
+
+def test_git_state_ignores_the_pipeline_records_but_not_code_or_params(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("dvc.lock", "metrics/train.json", "reports/report.md", "params.yaml", "src/code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("committed\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "-m", "c")
+    for name in ("dvc.lock", "metrics/train.json", "reports/report.md"):  # what `dvc repro` rewrites
+        (tmp_path / name).write_text("rewritten by a run\n")
+    assert tracking.git_state(tmp_path / "src") == (tracking.git_state(tmp_path)[0], False)
+    for name in ("params.yaml", "src/code.py"):
+        (tmp_path / name).write_text("edited\n")
+        assert tracking.git_state(tmp_path)[1] is True, name
+        (tmp_path / name).write_text("committed\n")

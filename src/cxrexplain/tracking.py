@@ -69,14 +69,24 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# The pipeline's own records, committed from a run and rewritten by the next one (DVC's lock file, the metrics and the
+# report): a run that is writing them is not "dirty" because of them.
+PIPELINE_RECORDS = ("dvc.lock", "metrics", "reports")
+
+
 def git_state(cwd: Path | None = None) -> tuple[str, bool]:
-    """(commit, dirty) of the repository, or ("unknown", True) outside git."""
+    """(commit, dirty) of the repository, or ("unknown", True) outside git.
+
+    Dirty: a tracked file differs from the commit, other than :data:`PIPELINE_RECORDS` (a ``dvc repro`` updates
+    ``dvc.lock`` after each stage, which would otherwise mark every later stage of the same run dirty).
+    """
+    records = [f":(top,exclude){path}" for path in PIPELINE_RECORDS]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *records],
             cwd=cwd,
             capture_output=True,
             text=True,
