@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from captum.attr import LayerGradCam
+from cxrexplain.explain.scores import deletion_insertion
 from pytorch_grad_cam import GradCAM
 from rich.console import Console
 from rich.table import Table
@@ -36,7 +37,6 @@ from torch import nn
 
 from cxrexplain.config import ARCHS
 from cxrexplain.explain.cam import class_scores, compute_cams, normalise, upsample
-from cxrexplain.explain.scores import deletion_insertion
 from cxrexplain.models.backbones import Classifier, build_classifier
 
 

@@ -54,6 +54,14 @@ def test_profiles_validate_and_use_synthetic_data(profile):
         ({"sample": {"views": ["PA", "LL"]}}, "sample.views.1: Input should be 'PA' or 'AP' (got 'LL')"),
         ({"split": {"train": 0.8}}, "split: train + val + test must sum to 1, got 0.8 + 0.15 + 0.15 = 1.1"),
         ({"split": {"group_by": "study"}}, "split.group_by: Input should be 'patient' or 'image'"),
+        ({"explain": {"cams": ["gradcam", "gradcam"]}}, "explain.cams: names must be distinct: gradcam repeated"),
+        ({"explain": {"measures": ["road", "road"]}}, "explain.measures: names must be distinct: road repeated"),
+        ({"explain": {"measures": ["roc"]}}, "explain.measures.0: Input should be 'pointing'"),
+        ({"explain": {"threshold": 1.5}}, "explain.threshold: must be a probability strictly between 0 and 1"),
+        ({"explain": {"threshold": 0.0}}, "explain.threshold: must be a probability strictly between 0 and 1"),
+        ({"explain": {"target": "true"}}, "explain.target: unknown key"),  # one explained class: the threshold's
+        ({"explain": {"faithfulness": {"road_percentiles": [0, 50]}}}, "strictly between 0 and 100"),
+        ({"explain": {"sanity": {"modes": ["sideways"]}}}, "explain.sanity.modes.0: Input should be 'top_down'"),
     ],
 )
 def test_invalid_params_name_the_key(raw, fragment):
@@ -61,6 +69,15 @@ def test_invalid_params_name_the_key(raw, fragment):
         validate(raw, "params.yaml")
     assert fragment in str(info.value)
     assert str(info.value).startswith("params.yaml: invalid parameters")
+
+
+def test_measure_names_are_the_registry():
+    from cxrexplain.config import MEASURE_NAMES, SANITY_MODES
+    from cxrexplain.explain.measures.registry import MEASURES
+    from cxrexplain.explain.measures.sanity import MODES
+
+    assert tuple(MEASURES) == MEASURE_NAMES
+    assert tuple(MODES) == SANITY_MODES
 
 
 def test_all_errors_are_reported_at_once():

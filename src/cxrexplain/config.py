@@ -32,6 +32,20 @@ EXPLAIN_DIR = Path("explain")
 ARCHS = ("resnet50", "densenet121")
 CAM_NAMES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
 ATTRIBUTION_NAMES = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+# the per-image measures of explain/measures/__init__.py's registry (tests/test_config.py checks they agree)
+MEASURE_NAMES = (
+    "pointing",
+    "energy",
+    "iou",
+    "otsu_iou",
+    "box_level",
+    "deletion_insertion",
+    "confidence",
+    "road",
+    "sparseness",
+    "complexity",
+)
+SANITY_MODES = ("top_down", "bottom_up", "independent")
 
 
 class _Section(BaseModel):
@@ -152,6 +166,30 @@ class FaithfulnessParams(_Section):
     baseline: Literal["mean", "blur", "black"] = Field(
         "mean", description="what a deleted pixel becomes (and what insertion starts from)"
     )
+    road_percentiles: tuple[int, ...] = Field(
+        (10, 20, 30, 40, 50, 60, 70, 80, 90), min_length=1, description="ROAD: percentages of pixels imputed"
+    )
+
+    @field_validator("road_percentiles")
+    @classmethod
+    def _percentages(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 < p < 100 for p in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct percentages strictly between 0 and 100")
+        return tuple(sorted(value))
+
+
+class SanityParams(_Section):
+    images: int = Field(32, ge=2, description="images of the subset used by the randomisation sanity checks")
+    modes: tuple[Literal[SANITY_MODES], ...] = Field(
+        SANITY_MODES, min_length=1, description="model randomisation: top_down and bottom_up cascades, independent"
+    )
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="a method passes when mean |Spearman| is below this after head + last block"
+    )
+    data_randomisation: bool = Field(
+        False, description="also retrain on permuted labels and compare maps (Adebayo et al.'s data test; costly)"
+    )
+    data_epochs: int = Field(2, ge=1, description="epochs of the permuted-label training")
 
 
 class GalleryParams(_Section):
@@ -161,28 +199,51 @@ class GalleryParams(_Section):
 
 class ExplainParams(_Section):
     split: Literal["val", "test"] = Field("test", description="which split's images are explained")
-    target: Literal["predicted", "true"] = Field("predicted", description="class explained: predicted or true label")
     threshold: float | Literal["youden"] = Field(
-        0.5, description="decision threshold for outcomes (TP/FP/FN/TN): a probability, or youden (chosen on val)"
+        0.5,
+        description="decision threshold (outcomes, class of the decision maps): a probability, or youden (on val)",
     )
     cams: tuple[Literal[CAM_NAMES], ...] = Field(CAM_NAMES, min_length=1, description="CAM methods (native, batched)")
     attributions: tuple[Literal[ATTRIBUTION_NAMES], ...] = Field(
         ATTRIBUTION_NAMES, description="captum attribution baselines (run on the subset)"
     )
     batch_size: int = Field(16, ge=1, description="images per batch (also captum's internal batch size)")
-    subset: int | None = Field(
-        200, ge=1, description="images for the costly measures (attributions, faithfulness, sanity); null: all"
+    measures: tuple[Literal[MEASURE_NAMES], ...] = Field(
+        MEASURE_NAMES, description="per-image measures of the registry (explain/measures)"
     )
-    sanity_images: int = Field(32, ge=2, description="images of the subset used by the randomisation sanity check")
+    subset: int | None = Field(
+        200, ge=1, description="images for faithfulness and complexity (balanced classes), every method; null: all"
+    )
     iobb_level: float = Field(0.5, gt=0, lt=1, description="a map is binarised at this fraction of its maximum")
+    pointing_tolerance: float = Field(
+        0.0, ge=0, lt=0.5, description="pointing game: a hit within this fraction of the image side of a box"
+    )
+    tie_orders: int = Field(4, ge=1, description="random orders of tied pixels averaged over by ranking measures")
+    bootstrap: int = Field(1000, ge=50, description="patient-clustered bootstrap resamples of every interval")
     attribution: AttributionParams = AttributionParams()
     faithfulness: FaithfulnessParams = FaithfulnessParams()
+    sanity: SanityParams = SanityParams()
     gallery: GalleryParams = GalleryParams()
 
-    @field_validator("cams", "attributions", mode="before")
+    @field_validator("cams", "attributions", "measures", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("cams", "attributions", "measures")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"names must be distinct: {', '.join(repeated)} repeated")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value < 1:
+            raise ValueError("must be a probability strictly between 0 and 1, or youden")
+        return value
 
 
 class ReportParams(_Section):

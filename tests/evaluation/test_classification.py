@@ -1,10 +1,12 @@
-"""Report metrics: the bootstrap's fast path equals torchmetrics/sklearn, ECE by hand, intervals, the document."""
+"""Report metrics: fast path equals torchmetrics/sklearn, float64 thresholds, ECE, intervals, DeLong, the document."""
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation.document import Document
+from cxrexplain.evaluation.metrics import binary_metrics
 
 
 def test_fast_metrics_equal_the_torchmetrics_point_estimates():
@@ -33,6 +35,106 @@ def test_bootstrap_intervals_contain_the_estimate_and_repeat_for_a_seed():
     for name in cls.METRICS:
         assert a[name]["low"] <= a[name]["value"] <= a[name]["high"], name
     assert cls.confusion(np.array([0, 0, 1, 1]), np.array([0.2, 0.7, 0.6, 0.4]), 0.5).tolist() == [[1, 1], [1, 1]]
+
+
+def test_point_estimates_and_bootstrap_threshold_in_float64_alike():
+    # regression: in float32, 0.99999997 rounds to 0.99999994, below the threshold 0.99999995, so the point
+    # estimate said recall 0 while the bootstrap (float64) said 1
+    labels, probs, threshold = np.array([1, 0]), np.array([0.99999997, 0.2]), 0.99999995
+    assert float(np.float32(0.99999997)) < threshold < 0.99999997
+    point = cls.point_metrics(labels, probs, threshold)
+    fast = cls._fast_metrics(labels, probs, threshold)
+    for metrics in (point, fast):
+        assert [metrics[k] for k in ("accuracy", "precision", "recall", "specificity", "f1")] == [1.0] * 5
+    boot = cls.bootstrap_metrics(labels, probs, threshold, n=50)
+    assert boot["recall"]["value"] == 1.0 and boot["recall"]["high"] == 1.0  # low: resamples without a positive
+
+
+def test_torchmetrics_takes_float64_probabilities_as_they_are():
+    # no sigmoid on probabilities in [0, 1]: sigmoid(0.55) = 0.634 would be called positive at 0.56
+    assert binary_metrics(np.array([1, 0]), np.array([0.55, 0.0]), threshold=0.56)["recall"] == 0.0
+    assert binary_metrics(np.array([1, 0]), np.array([1.0, 0.0]), threshold=0.99999999)["recall"] == 1.0
+
+
+def test_clustered_bootstrap_metrics():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 40)
+    probs = np.clip(labels * 0.4 + rng.random(40) * 0.6, 0, 1)
+    plain = cls.bootstrap_metrics(labels, probs, 0.5, n=60, seed=2)
+    singletons = cls.bootstrap_metrics(labels, probs, 0.5, n=60, seed=2, clusters=[f"p{i}" for i in range(40)])
+    assert singletons == plain  # one image per patient: the same draws
+    patients = np.repeat(np.arange(10), 4)
+    clustered = cls.bootstrap_metrics(labels, probs, 0.5, n=60, seed=2, clusters=patients)
+    assert clustered != plain
+    for name in cls.METRICS:
+        assert clustered[name]["value"] == plain[name]["value"]
+        assert clustered[name]["low"] <= clustered[name]["value"] <= clustered[name]["high"], name
+    # two patients, all of patient 1 right and all of patient 2 wrong: a resample holds 0, 1 or 2 copies of each
+    labels2, probs2 = np.array([1, 1, 0]), np.array([0.9, 0.8, 0.7])  # patient 1: images 0, 1; patient 2: image 2
+    acc = cls.bootstrap_metrics(labels2, probs2, 0.5, n=200, clusters=[1, 1, 2])["accuracy"]
+    # accuracy per resample: {1, 1} -> 1, {1, 2} -> 2/3, {2, 2} -> 0 (each tail ≈ 25 % of 200 draws, far above 2.5 %)
+    assert acc == {"value": pytest.approx(2 / 3), "low": 0.0, "high": 1.0}
+    with pytest.raises(ValueError, match="one id per image"):
+        cls.bootstrap_metrics(labels2, probs2, 0.5, clusters=[1, 2])
+
+
+def _placements(labels, scores):
+    """V10 (per positive) and V01 (per negative) by the definition: ψ = 1 if x > y, 1/2 if equal, else 0."""
+    x = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    y = [s for s, lab in zip(scores, labels, strict=True) if lab == 0]
+
+    def psi(a, b):
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    v10 = [sum(psi(xi, yj) for yj in y) / len(y) for xi in x]
+    v01 = [sum(psi(xi, yj) for xi in x) / len(x) for yj in y]
+    return np.array(v10), np.array(v01)
+
+
+def test_delong_covariance_equals_the_direct_placements_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    scores = np.round(np.vstack([labels * 0.3 + rng.random(60), labels * 0.1 + rng.random(60)]), 1)  # many ties
+    aucs, covariance = cls.delong_covariance(labels, scores)
+    v10 = np.array([_placements(labels, s)[0] for s in scores])
+    v01 = np.array([_placements(labels, s)[1] for s in scores])
+    m, n = v10.shape[1], v01.shape[1]
+    direct = np.zeros((2, 2))
+    for r in range(2):
+        for s in range(2):
+            s10 = np.sum((v10[r] - v10[r].mean()) * (v10[s] - v10[s].mean())) / (m - 1)
+            s01 = np.sum((v01[r] - v01[r].mean()) * (v01[s] - v01[s].mean())) / (n - 1)
+            direct[r, s] = s10 / m + s01 / n
+    assert covariance == pytest.approx(direct, abs=1e-15)
+    assert aucs == pytest.approx([roc_auc_score(labels, s) for s in scores], abs=1e-15)
+    result = cls.delong(labels, scores[0], scores[1])
+    assert result["auc_a"] == pytest.approx(roc_auc_score(labels, scores[0]), abs=1e-15)
+    assert result["se"] == pytest.approx(np.sqrt(direct[0, 0] + direct[1, 1] - 2 * direct[0, 1]), rel=1e-12)
+
+
+def test_delong_by_hand():
+    # a: positives 0.9, 0.4; negatives 0.4, 0.1 -> V10 = (1, 3/4), V01 = (3/4, 1), AUC 7/8
+    # b: positives 0.8, 0.3; negatives 0.5, 0.2 -> V10 = (1, 1/2), V01 = (1/2, 1), AUC 3/4
+    # S10 = [[1/32, 1/16], [1/16, 1/8]] = S01; S = S10/2 + S01/2 = S10; var(diff) = 1/32 + 1/8 - 2/16 = 1/32
+    # z = (1/8) / sqrt(1/32) = 1/sqrt(2), p = 2 Φ(-1/sqrt(2)) = 0.4795001221869535
+    result = cls.delong([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1], [0.8, 0.3, 0.5, 0.2])
+    assert result["auc_a"] == 0.875 and result["auc_b"] == 0.75 and result["difference"] == 0.125
+    assert result["se"] == pytest.approx(np.sqrt(1 / 32), rel=1e-14)
+    assert result["z"] == pytest.approx(1 / np.sqrt(2), rel=1e-14)
+    assert result["p"] == pytest.approx(0.4795001221869535, rel=1e-12)
+    assert result["low"] == pytest.approx(0.125 - 1.959963984540054 * np.sqrt(1 / 32), rel=1e-12)
+    assert result["high"] == pytest.approx(0.125 + 1.959963984540054 * np.sqrt(1 / 32), rel=1e-12)
+
+
+def test_delong_of_identical_scores_and_of_one_class():
+    labels, scores = np.array([1, 0, 1, 0, 1]), np.array([0.8, 0.3, 0.6, 0.6, 0.2])
+    result = cls.delong(labels, scores, scores.copy())
+    assert (result["difference"], result["se"], result["z"], result["p"]) == (0.0, 0.0, 0.0, 1.0)
+    assert (result["low"], result["high"]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="two positive and two negative"):
+        cls.delong(np.ones(5), scores, scores)
+    with pytest.raises(ValueError, match="0/1"):
+        cls.delong(np.array([2, 0, 1, 0, 1]), scores, scores)
 
 
 def test_document_renders_the_same_blocks_as_markdown_and_self_contained_html(tmp_path):

@@ -38,6 +38,7 @@ from cxrexplain.explain.cam import (
     CamResult,
     class_scores,
     compute_cams,
+    compute_pneumonia_and_decision_cams,
     eigengradcam,
     feature_gradients,
     gradcam,
@@ -383,6 +384,23 @@ def test_class_zero_is_explained_with_negated_gradients():
     for name, method in CAM_METHODS.items():
         assert_close(mixed.raw[name], method(positive.activations, positive.gradients * sign), atol=0, rtol=0)
     assert torch.equal(mixed.logits, positive.logits)
+
+
+def test_pneumonia_and_decision_cams_from_one_pass_equal_two_separate_calls():
+    torch.manual_seed(3)
+    model = Classifier("toy", nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()), channels=8, hidden=16)
+    images = torch.randn(4, 1, 8, 8)
+    classes = torch.tensor([0, 1, 0, 1])
+    both = compute_pneumonia_and_decision_cams(model, images, tuple(CAM_METHODS), classes)
+    pneumonia = compute_cams(model, images, tuple(CAM_METHODS), classes=torch.ones(4, dtype=torch.long))
+    decision = compute_cams(model, images, tuple(CAM_METHODS), classes=classes)
+    assert both.pneumonia.classes.tolist() == [1, 1, 1, 1] and both.decision.classes.tolist() == [0, 1, 0, 1]
+    for name in CAM_METHODS:
+        assert_close(both.pneumonia.maps[name], pneumonia.maps[name], atol=0, rtol=0)
+        assert_close(both.decision.maps[name], decision.maps[name], atol=0, rtol=0)
+        assert_close(both.decision.raw[name], decision.raw[name], atol=0, rtol=0)
+    with pytest.raises(CxrError, match="classes"):
+        compute_pneumonia_and_decision_cams(model, images, ("gradcam",), torch.tensor([0, 2, 0, 1]))
 
 
 # ------------------------------------------------------------------------------------ normalise and upsample

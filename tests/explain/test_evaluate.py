@@ -1,23 +1,59 @@
-"""The explain stage's library: subset choice, coarse-map pointing, sanity verdicts, consistency, Youden threshold."""
+"""The explain stage's library: which class each map explains, on which images each measure is scored, the tables.
+
+Regression tests for the audit's items 1-3 use a hand-set toy model whose Pneumonia map and No Finding map are
+known exactly: ``A = (x, 2x)``, ``z = 3·mean(x) − 2·mean(x) − 2 = mean(x) − 2``, so Grad-CAM of class 1 is
+``ReLU(x)/hw`` (it peaks on the bright pixel) and Grad-CAM of class 0 is ``ReLU(−x)/hw = 0`` (a constant map).
+"""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.evaluate import (
     ExplainSettings,
-    cell_pointing,
     choose_subset,
-    consistency,
     explain_images,
+    outcomes,
+    paired_table,
     parse_boxes,
-    sanity_summary,
     scale_boxes,
+    summary_table,
 )
-from cxrexplain.explain.scores import box_masks
-from cxrexplain.models.backbones import build_classifier
+from cxrexplain.explain.measures.registry import MEASURES, MeasureOptions, columns
+from cxrexplain.models.backbones import Classifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def toy() -> Classifier:
+    model = Classifier("toy", nn.Sequential(nn.Conv2d(1, 2, 1, bias=False)), channels=2, hidden=2)
+    with torch.no_grad():
+        model.features[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        model.head[3].weight.copy_(torch.eye(2))
+        model.head[3].bias.zero_()
+        model.head[5].weight.copy_(torch.tensor([[3.0, -1.0]]))
+        model.head[5].bias.fill_(-2.0)
+    return model.eval()
+
+
+def images_with_blobs(where: list[tuple[int, int]], value: float = 1.0, size: int = 8) -> torch.Tensor:
+    x = torch.zeros(len(where), 1, size, size)
+    for i, (r, c) in enumerate(where):
+        x[i, 0, r, c] = value
+    return x
+
+
+CHEAP = ExplainSettings(
+    cams=("gradcam",),
+    attributions=(),
+    measures=("pointing", "energy", "iou", "sparseness"),
+    sanity_images=2,
+    sanity_modes=("top_down",),
+    measure=MeasureOptions(steps=4, orders=2),
+)
 
 
 def test_parse_and_scale_boxes():
@@ -32,7 +68,6 @@ def test_choose_subset_is_balanced_deterministic_and_sorted():
     assert list(a) == sorted(a) and len(a) == 8
     assert (labels[a] == 1).sum() == 4 and (labels[a] == 0).sum() == 4
     assert list(choose_subset(labels, 8, seed=3)) == list(a)
-    # too few positives: the rest comes from the other class
     few = np.array([1, 0, 0, 0, 0, 0])
     b = choose_subset(few, 4, seed=0)
     assert len(b) == 4 and (few[b] == 1).sum() == 1
@@ -40,86 +75,122 @@ def test_choose_subset_is_balanced_deterministic_and_sorted():
     assert list(choose_subset(few, 99, seed=0)) == list(range(6))
 
 
-def test_cell_pointing_uses_the_centre_of_the_maximal_cell():
-    # 3×3 cells on a 12×12 image: cell (2, 0) covers rows 8..11, cols 0..3; its centre is pixel (10, 2)
-    raw = torch.zeros(2, 3, 3)
-    raw[0, 2, 0] = 1.0
-    raw[1, 0, 1] = 1.0  # centre pixel (2, 6)
-    masks = box_masks([[[1.0, 9.0, 2.0, 2.0]], [[0.0, 0.0, 5.0, 5.0]]], 12, 12)
-    assert cell_pointing(raw, masks).tolist() == [True, False]
-    # a bilinear upsampling's first argmax would be the image corner (row 8, col 0), outside the box
-    up = torch.nn.functional.interpolate(raw[:1, None], size=(12, 12), mode="bilinear", align_corners=False)[0, 0]
-    first = int(up.argmax())
-    assert (first // 12, first % 12) == (10, 0) and not masks[0, 10, 0]
+def test_outcomes_from_labels_and_predictions():
+    assert list(outcomes(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))) == ["TP", "FN", "FP", "TN"]
 
 
-def test_sanity_summary_passes_a_method_whose_maps_decorrelate_and_fails_one_that_does_not():
-    rows = []
-    for method, rho in (("good", [1.0, 0.6, 0.1]), ("edge", [1.0, 0.99, 0.98])):
-        for step, value in enumerate(rho):
-            row = {"method": method, "step": step, "block": f"b{step}", "spearman": value}
-            rows += [{**row, "image": i} for i in (0, 1)]
-    table = sanity_summary(pd.DataFrame(rows)).drop_duplicates("method").set_index("method")
-    assert bool(table.loc["good", "passes"]) and not bool(table.loc["edge", "passes"])
-    assert table.loc["good", "min_spearman"] == pytest.approx(0.1)
+def test_item1_a_missed_pneumonia_is_localised_with_its_pneumonia_map():
+    # image 0: Pneumonia (box around the bright pixel) but z = 1/64 − 2 < 0: a false negative
+    x = images_with_blobs([(5, 5), (1, 1)])
+    boxes = [[[4.0, 4.0, 3.0, 3.0]], []]
+    result = explain_images(toy(), x, np.array([1, 0]), boxes, CHEAP, threshold=0.5)
+    table = result.per_image
+    fn = table[(table["index"] == 0)]
+    assert set(fn["outcome"]) == {"FN"}
+    localised = fn[fn["pointing"].notna()]
+    assert len(localised) == 1 and int(localised["explained_class"].iloc[0]) == 1
+    assert localised["pointing"].iloc[0] == 1.0  # the Pneumonia map peaks inside the box
+    assert localised["energy"].iloc[0] == pytest.approx(1.0)
+    # the decision map of this image explains No Finding: constant (all zero), scored for complexity, not localised
+    decision = fn[fn["explained_class"] == 0]
+    assert len(decision) == 1 and np.isnan(decision["pointing"].iloc[0])
+    # the raw maps kept for the consistency stage are the Pneumonia maps (non-zero here), not the decision maps
+    assert result.raw["gradcam"][0].max() > 0 and result.decision_maps["gradcam"][0].max() == 0
 
 
-def test_consistency_of_identical_maps_is_perfect():
-    raw = {"gradcam": np.random.default_rng(0).random((3, 3, 3)).astype(np.float32)}
-    table = consistency(raw, raw, (12, 12))
-    assert np.allclose(table["spearman"], 1.0) and np.allclose(table["top_iou"], 1.0)
+def test_item2_the_threshold_that_defines_outcomes_defines_the_explained_class():
+    x = images_with_blobs([(5, 5), (1, 1)])
+    boxes = [[[4.0, 4.0, 3.0, 3.0]], []]
+    p = float(torch.sigmoid(torch.tensor(1 / 64 - 2.0)))  # 0.1216…, both images
+    low = explain_images(toy(), x, np.array([1, 0]), boxes, CHEAP, threshold=0.1)  # youden-like low threshold
+    assert low.per_image["probability"].to_numpy() == pytest.approx(p)
+    assert list(low.predicted) == [1, 1]
+    rows = low.per_image.drop_duplicates("index").set_index("index")
+    assert list(rows["outcome"]) == ["TP", "FP"]
+    # every map of a predicted-Pneumonia image explains Pneumonia: one row per image, class 1
+    assert (low.per_image["explained_class"] == 1).all() and len(low.per_image) == 2
+    high = explain_images(toy(), x, np.array([1, 0]), boxes, CHEAP, threshold=0.5)
+    assert list(high.predicted) == [0, 0]
+    decision = high.per_image[high.per_image["maps_for"].str.contains("decision")]
+    assert list(decision["explained_class"]) == [0, 0]
+
+
+def test_every_method_is_measured_on_the_same_images():
+    torch.manual_seed(0)
+    model = Classifier("toy", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()), channels=4, hidden=8).eval()
+    x = torch.randn(6, 1, 8, 8)
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    boxes = [[[0.0, 0.0, 4.0, 4.0]], [], [[2.0, 2.0, 4.0, 4.0]], [], [], []]
+    settings = ExplainSettings(
+        cams=("gradcam", "layercam"),
+        attributions=("saliency",),
+        measures=tuple(MEASURES),
+        subset=4,
+        sanity_images=2,
+        sanity_modes=("top_down",),
+        measure=MeasureOptions(steps=4, orders=2, road_percentiles=(25, 50, 75)),
+    )
+    result = explain_images(model, x, labels, boxes, settings, patients=["a", "a", "b", "c", "c", "d"])
+    table = result.per_image
+    for c in columns():
+        scored = {m: set(f.loc[f[c.name].notna(), "index"]) for m, f in table.groupby("method")}
+        assert len({frozenset(v) for v in scored.values()}) == 1, c.name  # the same images for every method
+    localised = set(table.loc[table["pointing"].notna(), "index"])
+    assert localised == {0, 2}  # every image with a box, and only those
+    faithful = set(table.loc[table["deletion"].notna(), "index"])
+    assert faithful == set(result.subset) and len(faithful) == 4
+    assert set(table["patient"]) <= {"a", "b", "c", "d"}
+    assert table["tied_share"].between(0, 1).all()
+
+    summary = summary_table(table, n=50, seed=0)
+    assert {"method", "group", "metric", "n", "clusters", "mean", "low", "high"} <= set(summary.columns)
+    pointing = summary[(summary["metric"] == "pointing") & (summary["group"] == "all")]
+    assert (pointing["n"] == 2).all() and (pointing["clusters"] == 2).all()  # images 0 and 2: patients a and b
+
+    paired = paired_table(table, n=50, seed=0)
+    assert list(paired.columns) == [
+        "method_a",
+        "method_b",
+        "measure",
+        "n",
+        "mean_difference",
+        "low",
+        "high",
+        "p",
+        "p_holm",
+        "test",
+    ]
+    assert set(paired["measure"]) >= {"pointing", "deletion", "insertion", "increase"}
+    deletion = paired[paired["measure"] == "deletion"]
+    assert (deletion["n"] == 4).all() and len(deletion) == 3 * 2  # 3 pairs × (t-test, Wilcoxon)
+    assert set(paired.loc[paired["measure"] == "pointing", "test"]) == {"mcnemar"}
+
+    curve = result.sanity
+    assert set(curve["method"]) == {"gradcam", "layercam", "saliency"}
+    assert set(curve["mode"]) == {"top_down"}
 
 
 def test_youden_threshold_separates_perfectly_separable_predictions():
     labels = np.array([0, 0, 0, 1, 1])
     probs = np.array([0.1, 0.2, 0.35, 0.6, 0.9])
     t = youden_threshold(labels, probs)
-    assert t == pytest.approx((0.35 + 0.6) / 2)  # the middle of the gap, not the edge of the positives
-    assert ((probs > t) == labels.astype(bool)).all()  # the outcome rule (prob > t) reproduces the labels
-    saturated = np.array([1e-4, 2e-3, 5e-3, 0.9996, 0.9999])  # a confident model: still near the middle
+    assert t == pytest.approx((0.35 + 0.6) / 2)
+    assert ((probs > t) == labels.astype(bool)).all()
+    saturated = np.array([1e-4, 2e-3, 5e-3, 0.9996, 0.9999])
     assert 0.4 < youden_threshold(labels, saturated) < 0.6
-    assert youden_threshold(np.array([1, 1]), np.array([0.2, 0.4])) == 0.5
 
 
-def test_youden_threshold_maximises_j_and_reproduces_it_with_the_strict_rule():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        labels = rng.integers(0, 2, 40)
-        labels[:2] = [0, 1]
-        probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), 2)  # ties included
-        t = youden_threshold(labels, probs)
-        j = [
-            ((probs > c) & (labels == 1)).sum() / labels.sum()
-            - ((probs > c) & (labels == 0)).sum() / (labels == 0).sum()
-            for c in np.concatenate([[-1.0], np.unique(probs)])
-        ]
-        called = probs > t
-        achieved = called[labels == 1].mean() - called[labels == 0].mean()
-        assert achieved == pytest.approx(max(j)), (labels, probs, t)
-        if (probs >= 0.0).all() and t < probs.min():  # everything positive: just below the lowest score
-            assert t == np.nextafter(probs.min(), -np.inf)
-
-
-def test_explain_images_on_an_untrained_model_fills_every_table():
-    torch.manual_seed(0)
-    model = build_classifier("resnet50").eval()
-    images = torch.randn(4, 1, 64, 64)
-    labels = np.array([1, 0, 1, 0])
-    boxes = [[[8.0, 8.0, 20.0, 20.0]], [], [[30.0, 30.0, 20.0, 20.0]], []]
-    settings = ExplainSettings(
-        cams=("gradcam", "layercam"),
-        attributions=("saliency",),
-        batch_size=2,
-        subset=2,
-        sanity_images=2,
-        steps=3,
+def test_summary_groups_are_all_and_each_outcome():
+    table = pd.DataFrame(
+        {
+            "method": ["m"] * 4,
+            "index": [0, 1, 2, 3],
+            "patient": ["a", "b", "c", "d"],
+            "outcome": ["TP", "TP", "FN", "FN"],
+            "pointing": [1.0, 0.0, 1.0, 1.0],
+            "tied_share": [0.0, 0.0, 0.0, 0.0],
+        }
     )
-    done = []
-    result = explain_images(model, images, labels, boxes, settings, advance=done.append)
-    assert sum(done) == 4 + 2
-    assert set(result.per_image["method"]) == {"gradcam", "layercam", "saliency"}
-    assert result.per_image.groupby("method").size().to_dict() == {"gradcam": 4, "layercam": 4, "saliency": 2}
-    assert result.maps["gradcam"].shape == (4, 64, 64) and result.maps["saliency"].shape == (2, 64, 64)
-    assert result.raw["gradcam"].shape == (4, 2, 2)
-    assert set(result.sanity["block"]) >= {"none", "head", "layer4", "stem"}
-    assert model.training is False and all(p.grad is None for p in model.parameters())
+    summary = summary_table(table, n=50).set_index(["group", "metric"])
+    assert summary.loc[("all", "pointing"), "mean"] == 0.75
+    assert summary.loc[("TP", "pointing"), "mean"] == 0.5 and summary.loc[("FN", "pointing"), "n"] == 2

@@ -27,10 +27,12 @@ PARAMS = {
     "explain": {
         "attributions": ["saliency", "occlusion"],
         "subset": 6,
-        "sanity_images": 3,
         "batch_size": 4,
+        "tie_orders": 2,
+        "bootstrap": 50,
         "attribution": {"ig_steps": 3, "occlusion_window": 0.5, "occlusion_stride": 0.5, "shap_samples": 2},
-        "faithfulness": {"steps": 4},
+        "faithfulness": {"steps": 4, "road_percentiles": [25, 50, 75]},
+        "sanity": {"images": 3, "modes": ["top_down", "bottom_up"], "data_randomisation": True, "data_epochs": 1},
         "gallery": {"per_outcome": 3, "compare_images": 2},
     },
 }
@@ -80,43 +82,57 @@ def test_outputs_per_image_table_and_metrics(project):
     assert {p.name for p in out.iterdir()} == {
         "per_image.csv",
         "summary.csv",
+        "paired.csv",
         "sanity.csv",
+        "sanity_curve.csv",
+        "data_randomisation.csv",
         "maps.npz",
         "gallery_gradcam.png",
         "methods.png",
     }
+    assert not list((root / "explain").glob("*.part"))  # written through a temporary folder, renamed on success
     table = pd.read_csv(out / "per_image.csv")
-    test_images = 12  # tinydata: the last quarter of 48
-    counts = table.groupby("method").size()
-    assert all(counts[m] == test_images for m in CAMS)  # CAMs: every test image
-    assert all(counts[m] == 6 for m in ATTRIBUTIONS)  # attributions: the subset
+    test_images = 12  # tinydata: the last quarter of 48; its Pneumonia images (6) have boxes
+    methods = (*CAMS, *ATTRIBUTIONS)
+    assert set(table["method"]) == set(methods)
     assert set(table["outcome"]) <= {"TP", "FP", "FN", "TN"}
-    # localisation only where there are boxes (the Pneumonia images of tinydata), faithfulness only on the subset
-    assert table.loc[~table["has_box"], "pointing"].isna().all()
-    assert table.loc[table["has_box"], "pointing"].notna().all()
-    assert table.loc[~table["in_subset"], "deletion"].isna().all()
-    assert table.loc[table["in_subset"], "insertion"].between(0, 1).all()
+    assert {"explained_class", "maps_for", "patient", "predicted", "tied_share", "centre_prior"} <= set(table.columns)
+    # localisation: the Pneumonia map of every image with a box, whatever the prediction, for every method
+    localised = table[table["pointing"].notna()]
+    assert (localised["explained_class"] == 1).all() and localised["has_box"].all()
+    assert localised.groupby("method")["index"].nunique().eq(6).all()
+    # faithfulness: the decision map (class = prediction at the threshold) of the subset, for every method
+    faithful = table[table["deletion"].notna()]
+    assert (faithful["explained_class"] == faithful["predicted"]).all() and faithful["in_subset"].all()
+    assert faithful.groupby("method")["index"].nunique().eq(6).all()
+    assert faithful["insertion"].between(0, 1).all() and faithful["road_morf"].between(0, 1).all()
+    assert (table["predicted"] == (table["probability"] > 0.5)).all()
     metrics = json.loads((root / "metrics" / "explain" / "resnet50.json").read_text())
     assert metrics == results["resnet50"]
-    assert metrics["images"] == test_images and metrics["images_with_boxes"] == 6
+    assert metrics["images"] == test_images and metrics["images_with_boxes"] == 6 and metrics["subset_images"] == 6
     assert 0 < metrics["pointing_chance"] < 0.1  # 10×10 boxes on 32 px: 100/1024 of the image, minus edge pixels
+    assert 0 <= metrics["pointing_centre_prior"] <= 1
     grad = metrics["methods"]["gradcam"]
     assert grad["pointing"]["low"] <= grad["pointing"]["mean"] <= grad["pointing"]["high"]
-    assert set(grad["accuracy_at_iobb"]) == {"0.1", "0.25", "0.5", "0.75", "0.9"}
+    assert grad["pointing"]["n"] == 6 and grad["deletion"]["n"] == 6
+    assert {f"box_acc_{t:g}" for t in (0.1, 0.25, 0.5, 0.75, 0.9)} <= set(grad)
     assert isinstance(grad["sanity"]["passes"], bool)
-    sanity = pd.read_csv(out / "sanity.csv")
-    assert list(sanity.loc[sanity["method"] == "gradcam", "block"]) == [
-        "none",
-        "head",
-        "layer4",
-        "layer3",
-        "layer2",
-        "layer1",
-        "stem",
-    ]
-    assert sanity.loc[sanity["block"] == "none", "spearman"].round(6).eq(1.0).all()  # deterministic maps
+    assert set(grad["data_randomisation"]) == {"mean_abs_spearman", "passes", "permuted_train_accuracy", "images"}
+    curve = pd.read_csv(out / "sanity_curve.csv")
+    top_down = curve[(curve["method"] == "gradcam") & (curve["mode"] == "top_down") & (curve["image"] == 0)]
+    assert list(top_down["block"]) == ["none", "head", "layer4", "layer3", "layer2", "layer1", "stem"]
+    assert set(curve["mode"]) == {"top_down", "bottom_up"}
+    assert curve.loc[curve["block"] == "none", "spearman"].round(6).eq(1.0).all()  # deterministic maps
+    verdict = pd.read_csv(out / "sanity.csv")
+    assert set(verdict["method"]) == set(methods)
     summary = pd.read_csv(out / "summary.csv")
-    assert {"all", "TP", "TN"} & set(summary["group"]) >= {"all"}
+    assert {"method", "group", "metric", "n", "clusters", "mean", "low", "high"} <= set(summary.columns)
+    paired = pd.read_csv(out / "paired.csv")
+    pairs = len(methods) * (len(methods) - 1) // 2
+    assert len(paired[(paired["measure"] == "deletion") & (paired["test"] == "t")]) == pairs
+    assert paired["p_holm"].dropna().ge(paired["p"].dropna().min()).all()
+    with np.load(out / "maps.npz") as maps:
+        assert (maps["explained_class"] == 1).all() and len(maps["patients"]) == test_images
 
 
 def test_galleries_are_images_and_logged_to_the_train_run(project):

@@ -113,8 +113,10 @@ class CxrDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         augment: Augment = Augment(),
+        permute_train_labels: int | None = None,
     ) -> None:
         super().__init__()
+        self.permute_train_labels = permute_train_labels  # a seed: train labels shuffled (data randomisation test)
         self.cache_dir = Path(cache_dir)
         self.split_file = Path(split_file)
         self.image_size = image_size
@@ -135,7 +137,10 @@ class CxrDataModule(L.LightningDataModule):
         if part.empty:
             raise CxrError(f"{self.split_file}: the {split} split is empty")
         transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
-        return CacheDataset(self.images, part["row"].to_numpy(), part["label"].to_numpy(), transform, random=train)
+        labels = part["label"].to_numpy()
+        if split == "train" and self.permute_train_labels is not None:
+            labels = np.random.default_rng(self.permute_train_labels).permutation(labels)
+        return CacheDataset(self.images, part["row"].to_numpy(), labels, transform, random=train)
 
     def _loader(self, split: str, *, train: bool = False) -> DataLoader:
         return DataLoader(

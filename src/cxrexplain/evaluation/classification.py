@@ -1,14 +1,18 @@
 """Test-set classification metrics with 95 % bootstrap intervals, curves and calibration, for the report.
 
-Point estimates come from :func:`cxrexplain.evaluation.metrics.binary_metrics` (torchmetrics) plus AUPRC (sklearn's
-average precision) and the expected calibration error; intervals are percentile bootstrap over images (resampled
-with replacement, ``n`` times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for
-those two.
+Point estimates come from :func:`cxrexplain.evaluation.metrics.binary_metrics` (torchmetrics, probabilities in
+float64 like the bootstrap) plus AUPRC (sklearn's average precision) and the expected calibration error; intervals
+are percentile bootstrap over images, or over patients when cluster ids are given (resampled with replacement, ``n``
+times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for those two. Two AUROCs on
+the same images are compared with DeLong's test (:func:`delong`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import scipy.stats
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -18,6 +22,7 @@ from sklearn.metrics import (
 )
 
 from cxrexplain.evaluation.metrics import binary_metrics
+from cxrexplain.explain.measures.statistics import Clusters
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "auprc", "ece")
 
@@ -76,16 +81,37 @@ def _fast_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: floa
 
 
 def bootstrap_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, n: int = 1000, seed: int = 0, alpha: float = 0.05
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    clusters: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """``{metric: {"value", "low", "high"}}``: the point estimate and its percentile-bootstrap interval."""
+    """``{metric: {"value", "low", "high"}}``: the point estimate and its percentile-bootstrap interval.
+
+    Without ``clusters`` each resample draws ``len(labels)`` images with replacement (``rng.integers`` per resample,
+    ``numpy.random.default_rng(seed)``). With ``clusters`` (one id per image, e.g. the patient) each resample draws
+    the ``k`` clusters with replacement and takes every image of the drawn clusters (the cluster bootstrap, as
+    :func:`cxrexplain.explain.measures.statistics.bootstrap_ci`); with one image per cluster it draws the same
+    indices and gives exactly the unclustered result.
+    """
     labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     point = point_metrics(labels, probabilities, threshold)
+    groups = None
+    if clusters is not None:
+        if len(clusters) != len(labels):
+            raise ValueError(f"clusters must give one id per image: {len(clusters)} ids for {len(labels)} images")
+        groups = Clusters.of(clusters)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in METRICS}
     for _ in range(n):
-        idx = rng.integers(0, len(labels), len(labels))
+        if groups is None:
+            idx = rng.integers(0, len(labels), len(labels))
+        else:
+            idx = groups.members(rng.integers(0, groups.k, groups.k))
         m = _fast_metrics(labels[idx], probabilities[idx], threshold)
         for k, v in m.items():
             if not np.isnan(v):
@@ -96,6 +122,68 @@ def bootstrap_metrics(
         low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2]) if len(values) else (np.nan, np.nan)
         out[k] = {"value": point[k], "low": float(low), "high": float(high)}
     return out
+
+
+def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs of ``k`` scores on the same images and their covariance matrix (DeLong, DeLong & Clarke-Pearson 1988).
+
+    ``scores`` is (k, N) (or (N,)), ``labels`` (N,) with 0/1. With ``m`` positives X and ``n`` negatives Y, and
+    ``ψ(x, y) = 1`` if ``x > y``, ``1/2`` if equal, ``0`` otherwise: the structural components (placements)
+    ``V10_i = (1/n) Σ_j ψ(X_i, Y_j)`` and ``V01_j = (1/m) Σ_i ψ(X_i, Y_j)``, ``AUC = mean V10 = mean V01``,
+    ``S10``/``S01`` their k×k sample covariances (divisor ``m − 1``, ``n − 1``) and ``S = S10/m + S01/n``.
+    Computed in O(N log N) with midranks (Sun & Xu 2014, IEEE Signal Process. Lett. 21:1389-1393):
+    ``V10_i = (T_Z(X_i) − T_X(X_i)) / n`` and ``V01_j = 1 − (T_Z(Y_j) − T_Y(Y_j)) / m``, with ``T`` the midranks
+    within all images (Z), the positives (X) and the negatives (Y). Fewer than two images of a class: ``ValueError``.
+    """
+    labels = np.asarray(labels).ravel()
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    if scores.shape[1] != labels.size:
+        raise ValueError(f"scores have {scores.shape[1]} images, labels {labels.size}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0/1")
+    positive = labels == 1
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise ValueError(
+            f"DeLong's test needs at least two positive and two negative images (got {m} positive, {n} negative): "
+            "the AUROC or its variance is undefined"
+        )
+    x, y = scores[:, positive], scores[:, ~positive]
+    t_z = scipy.stats.rankdata(scores, axis=1)
+    t_x = scipy.stats.rankdata(x, axis=1)
+    t_y = scipy.stats.rankdata(y, axis=1)
+    v10 = (t_z[:, positive] - t_x) / n
+    v01 = 1.0 - (t_z[:, ~positive] - t_y) / m
+    aucs = v10.mean(axis=1)
+    covariance = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, covariance
+
+
+def delong(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
+    """DeLong's test of two correlated AUROCs on the same images (DeLong et al. 1988, Biometrics 44:837-845).
+
+    ``difference = auc_a − auc_b``, ``se = sqrt(S_aa + S_bb − 2 S_ab)`` from :func:`delong_covariance`,
+    ``z = difference / se``, two-sided ``p = 2 Φ(−|z|)``, and the normal ``1 − alpha`` interval
+    ``difference ± z_{1−alpha/2} · se``. When ``se = 0`` (e.g. identical scores): ``z = 0, p = 1`` if the
+    difference is 0, else ``z = ±inf, p = 0``. Images are treated as independent (no patient clustering).
+    Returns ``auc_a, auc_b, difference, se, z, p, low, high``.
+    """
+    aucs, s = delong_covariance(labels, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]))
+    difference = float(aucs[0] - aucs[1])
+    se = float(np.sqrt(max(s[0, 0] + s[1, 1] - 2 * s[0, 1], 0.0)))  # rounding can make a zero variance negative
+    z = difference / se if se > 0 else 0.0 if difference == 0 else float(np.copysign(np.inf, difference))
+    p = float(2 * scipy.stats.norm.sf(abs(z)))
+    half = float(scipy.stats.norm.ppf(1 - alpha / 2)) * se
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "difference": difference,
+        "se": se,
+        "z": float(z),
+        "p": p,
+        "low": difference - half,
+        "high": difference + half,
+    }
 
 
 def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> np.ndarray:

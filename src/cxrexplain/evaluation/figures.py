@@ -123,3 +123,28 @@ def training_figure(histories: Mapping[str, pd.DataFrame], path: Path, *, note: 
             ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, note)
+
+
+def sanity_figure(curve: pd.DataFrame, path: Path, *, threshold: float = 0.5, note: str = "") -> Path:
+    """Model-randomisation curves (Adebayo et al. 2018): mean |Spearman ρ| with the trained model's maps per step.
+
+    One panel per mode (top-down cascade, bottom-up cascade, independent blocks), one line per method; the x axis
+    names the block randomised at that step (cascades: it and every block before it). The dashed line is the pass
+    threshold, which a method must be under once the head and the last block are randomised (top-down step 2).
+    """
+    modes = [m for m in ("top_down", "bottom_up", "independent") if m in set(curve["mode"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        part = curve[curve["mode"] == mode]
+        steps = part.groupby("step", sort=True)["block"].first()
+        for method, frame in part.groupby("method", sort=False):
+            mean = frame.assign(r=frame["spearman_abs"].abs()).groupby("step", sort=True)["r"].mean()
+            ax.plot(mean.index, mean.to_numpy(), "o-", markersize=3, label=method)
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xticks(list(steps.index), list(steps.to_numpy()), rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("mean |Spearman ρ| with trained maps")
+        ax.set_title(mode.replace("_", "-"), fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, note)

@@ -297,3 +297,51 @@ def compute_cams(
             raw[name] = CAM_METHODS[name](inputs.activations, inputs.gradients)
             maps[name] = normalise(upsample(raw[name], size))
     return CamResult(inputs.logits, inputs.classes, raw, maps)
+
+
+@dataclass(frozen=True)
+class TwoClassCams:
+    """CAMs of one batch for two explained classes from one feature pass: Pneumonia, and each image's own class."""
+
+    logits: torch.Tensor  # (B,)
+    pneumonia: CamResult  # every image explained as class 1
+    decision: CamResult  # image i explained as classes[i]
+
+
+def compute_pneumonia_and_decision_cams(
+    model: Classifier,
+    images: torch.Tensor,
+    methods: Sequence[str],
+    classes: torch.Tensor | Sequence[int] | None = None,
+    threshold: float = 0.5,
+) -> TwoClassCams:
+    """CAMs of class 1 (Pneumonia) for every image, and of ``classes[i]`` (the decision) for image ``i``.
+
+    Without ``classes`` the decision is the prediction at ``threshold``: class 1 where ``sigmoid(z) > threshold``
+    (computed in float64, the precision of every other use of the threshold), so one threshold defines both the
+    outcomes and the explained class.
+
+    One feature pass: with the single-logit head, the score of class 0 is ``−z``, so its gradient is ``−G`` of
+    class 1's (exactly; autograd of a negation). The class-1 maps are the ones localisation is scored on (the boxes
+    mark Pneumonia whatever the model predicts); the decision maps are the ones faithfulness is scored on. Equal to
+    two calls of :func:`compute_cams` (tested).
+    """
+    unknown = [name for name in methods if name not in CAM_METHODS]
+    if unknown:
+        raise CxrError(f"CAM methods {unknown}: unknown (available: {', '.join(CAM_METHODS)})")
+    ones = torch.ones(images.shape[0], dtype=torch.long)
+    inputs = feature_gradients(model, images, classes=ones)
+    if classes is None:
+        chosen = (torch.sigmoid(inputs.logits.double()) > threshold).long()
+    else:
+        chosen = _check_classes(torch.as_tensor(classes), images.shape[0], "classes")
+    chosen = chosen.to(inputs.gradients.device)
+    sign = torch.where(chosen == 1, 1.0, -1.0).to(inputs.gradients.dtype)[:, None, None, None]
+    size = (images.shape[-2], images.shape[-1])
+    results = []
+    with torch.no_grad():
+        for gradients, explained in ((inputs.gradients, inputs.classes), (inputs.gradients * sign, chosen)):
+            raw = {name: CAM_METHODS[name](inputs.activations, gradients) for name in dict.fromkeys(methods)}
+            maps = {name: normalise(upsample(r, size)) for name, r in raw.items()}
+            results.append(CamResult(inputs.logits, explained, raw, maps))
+    return TwoClassCams(inputs.logits, results[0], results[1])

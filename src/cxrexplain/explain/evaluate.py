@@ -1,16 +1,22 @@
 """Explain a set of images with every method and measure each explanation: the explain stage's library.
 
-:func:`explain_images` takes a model and plain tensors (images, labels, boxes) and returns per-image tables and maps;
-nothing here reads params, files or MLflow (the stage does). What it measures, per image and method:
+:func:`explain_images` takes a model and plain tensors (images, labels, boxes, patients) and returns per-image tables,
+the sanity curve and maps; nothing here reads params, files or MLflow (the stage does).
 
-- localisation, on images with boxes: the pointing game, the energy inside the boxes, IoU and IoBB of the map
-  binarised at ``level`` · its maximum, and the chance level of the pointing game (the share of image area in boxes).
-  For a CAM the map's maximum is a *cell* of the target layer; its point is the cell's centre in image coordinates
-  (bilinear upsampling turns a border cell into a plateau out to the image edge, whose first pixel is an artefact).
-- faithfulness, on the subset: deletion and insertion AUC, and the confidence change when the image is multiplied by
-  its map;
-- sanity, on the first ``sanity_images`` of the subset: cascading model-parameter randomisation, Spearman rank
-  correlation of the maps per randomised block.
+One threshold defines everything that depends on the decision: image ``i`` is *predicted* Pneumonia when its
+probability exceeds ``threshold``, its outcome (TP/FP/FN/TN) follows from that, and its *decision map* explains that
+predicted class. Which maps are measured, on which images (every method on the same images):
+
+- **localisation** (:mod:`~cxrexplain.explain.measures.localisation`): the map of class **Pneumonia** on every image
+  with a Pneumonia box, whatever the prediction; a missed Pneumonia (FN) is no longer scored with a map of No Finding.
+  Its ``TP`` group is the predicted-class map on true positives (CheXlocalize's protocol).
+- **faithfulness** and **complexity**: the decision map on the explain subset (balanced between the classes).
+- **sanity**: the decision maps of the first ``sanity_images`` of the subset, under cascading (top-down, bottom-up)
+  and independent randomisation of the model's blocks.
+
+``per_image`` has one row per (method, image, explained class): a Pneumonia-predicted image has one row (its
+decision map is the Pneumonia map); a No-Finding-predicted image with a box, or in the subset, has a class-1 row for
+localisation and a class-0 row for faithfulness. Columns that do not apply to a row are NaN.
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrexplain.explain import attributions, cam, scores
+from cxrexplain.explain import attributions, cam
+from cxrexplain.explain.measures import consistency, localisation, ordering, sanity, statistics
+from cxrexplain.explain.measures.registry import MEASURES, MeasureBatch, MeasureOptions, columns
 
-LOCALISATION = ("pointing", "energy", "iou", "iobb")
-FAITHFULNESS = ("deletion", "insertion", "confidence_change", "confidence_rise")
-MAPS_FILE = "maps.npz"  # explain/<arch>/: raw CAMs, written by the explain stage, read by the consistency stage
-SANITY_PASS = 0.5  # a method passes when some randomisation step brings its mean Spearman correlation below this
+MAPS_FILE = "maps.npz"  # explain/<arch>/: raw class-1 CAMs, written by the explain stage, read by consistency
+PNEUMONIA = 1
 
 
 @dataclass(frozen=True)
@@ -38,13 +44,13 @@ class ExplainSettings:
 
     cams: Sequence[str] = tuple(cam.CAM_METHODS)
     attributions: Sequence[str] = tuple(attributions.ATTRIBUTION_METHODS)
+    measures: Sequence[str] = tuple(MEASURES)
     batch_size: int = 16
     subset: int | None = None
     sanity_images: int = 32
-    level: float = 0.5
-    steps: int = 20
-    baseline: str = "mean"
-    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    sanity_modes: Sequence[str] = ("top_down", "bottom_up", "independent")
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # per attribution method
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
     seed: int = 0
 
 
@@ -52,11 +58,14 @@ class ExplainSettings:
 class Explained:
     """Everything :func:`explain_images` produced."""
 
-    per_image: pd.DataFrame  # one row per (image, method): metrics, NaN where a metric does not apply
-    sanity: pd.DataFrame  # method, step, block, image, spearman
-    maps: dict[str, np.ndarray]  # method -> (N, H, W) float16 in [0, 1]; attribution methods: subset rows only
-    raw: dict[str, np.ndarray]  # CAM method -> (N, h, w) float32 at the target layer's resolution
-    subset: np.ndarray  # indices (into the images) of the subset
+    per_image: pd.DataFrame  # one row per (method, image, explained class); NaN where a measure does not apply
+    sanity: pd.DataFrame  # the randomisation curve: method, mode, step, block, image, spearman, spearman_abs, ssim
+    decision_maps: dict[str, np.ndarray]  # CAM method -> (N, H, W) float16 decision maps of every image (galleries)
+    pneumonia_maps: dict[str, np.ndarray]  # method -> (len(boxed), H, W) float16 class-1 maps of the boxed images
+    raw: dict[str, np.ndarray]  # CAM method -> (N, h, w) float32 class-1 maps at the target layer's resolution
+    subset: np.ndarray  # indices (into the images) of the explain subset
+    boxed: np.ndarray  # indices of the images with a Pneumonia box
+    predicted: np.ndarray  # (N,) 0/1 at the threshold
 
 
 def parse_boxes(text: str | float) -> list[list[float]]:
@@ -87,32 +96,24 @@ def choose_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray
     return np.sort(np.concatenate([by_class[0][: take[0]], by_class[1][: take[1]]]))
 
 
-def cell_pointing(raw: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Pointing game of coarse maps: is the centre of the maximal cell of ``raw`` (B, h, w) inside ``masks`` (B, H, W)?
-
-    The cell ``(i, j)`` covers ``[j·W/w, (j+1)·W/w) × [i·H/h, (i+1)·H/h)``; its centre is the pixel at
-    ``floor((i + 0.5)·H/h), floor((j + 0.5)·W/w)``. Ties: the first maximal cell in row-major order.
-    """
-    b, h, w = raw.shape
-    height, width = masks.shape[-2:]
-    flat = raw.reshape(b, -1).argmax(dim=1)
-    rows = (((flat // w).double() + 0.5) * height / h).floor().long().clamp(max=height - 1)
-    cols = (((flat % w).double() + 0.5) * width / w).floor().long().clamp(max=width - 1)
-    return masks[torch.arange(b, device=masks.device), rows, cols]
+def outcomes(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """``"TP"``/``"FP"``/``"FN"``/``"TN"`` from true labels and 0/1 predictions."""
+    y, p = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
+    return np.where(y, np.where(p, "TP", "FN"), np.where(p, "FP", "TN"))
 
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _localisation(maps: torch.Tensor, masks: torch.Tensor, level: float, hits: torch.Tensor) -> dict[str, np.ndarray]:
-    iou, iobb = scores.iou_iobb(maps, masks, level=level)
-    return {
-        "pointing": hits.float().cpu().numpy(),
-        "energy": scores.energy_inside(maps, masks).cpu().numpy(),
-        "iou": iou.cpu().numpy(),
-        "iobb": iobb.cpu().numpy(),
-    }
+@dataclass
+class _Maps:
+    """Maps of one method for one explained role, on the images ``rows``."""
+
+    rows: np.ndarray
+    classes: torch.Tensor
+    maps: torch.Tensor
+    raw: torch.Tensor | None
 
 
 def explain_images(
@@ -122,110 +123,158 @@ def explain_images(
     boxes: Sequence[Sequence[Sequence[float]]],
     settings: ExplainSettings,
     *,
-    target: cam.Target = "predicted",
+    threshold: float = 0.5,
+    patients: Sequence[str] | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Explained:
     """Explain ``images`` (N, 1, H, W, normalised, on the model's device) with every method and measure the maps.
 
-    ``labels`` (N,) are the true classes, ``boxes`` per image in pixels of the (H, W) input. ``advance`` is called
-    with the number of images done (CAMs, then the subset's attributions), for a progress bar.
+    ``labels`` (N,) are the true classes, ``boxes`` per image in pixels of the (H, W) input, ``patients`` (N,) the
+    patient of each image (the clusters of every interval; each image its own cluster if None). ``threshold``
+    (a probability) decides the predicted class, the outcomes and the class of the decision maps. ``advance`` is
+    called with the number of images done, for a progress bar.
     """
     n, _, height, width = images.shape
     device = images.device
-    labels_t = torch.tensor(np.array(labels), device=device).long()  # a copy: pandas may hand a read-only view
-    masks = scores.box_masks([list(b) for b in boxes], height, width).to(device)
-    has_box = masks.flatten(1).any(dim=1)
+    labels = np.array(labels).astype(int)  # a copy: pandas may hand a read-only view
+    patients = np.asarray(patients if patients is not None else [str(i) for i in range(n)]).astype(str)
+    boxes = [[list(map(float, b)) for b in image_boxes] for image_boxes in boxes]
+    masks = localisation.box_masks(boxes, height, width).to(device)
+    has_box = masks.flatten(1).any(dim=1).cpu().numpy()
+    boxed = np.flatnonzero(has_box)
 
-    cam_maps: dict[str, list[torch.Tensor]] = {m: [] for m in settings.cams}
-    cam_raw: dict[str, list[torch.Tensor]] = {m: [] for m in settings.cams}
-    logit_parts, class_parts = [], []
+    # CAMs: one feature pass per batch gives the probability, the class-1 maps and the decision maps
+    logit_parts: list[torch.Tensor] = []
+    cam_parts: list[cam.TwoClassCams] = []
     for part in _batches(n, settings.batch_size):
-        # the CAM pass is also the prediction: its logits and resolved classes are kept (no second forward)
-        result = cam.compute_cams(model, images[part], settings.cams, target=target, labels=labels_t[part])
-        logit_parts.append(result.logits.detach())
-        class_parts.append(result.classes)
-        for m in settings.cams:
-            cam_maps[m].append(result.maps[m])
-            cam_raw[m].append(result.raw[m])
+        result = cam.compute_pneumonia_and_decision_cams(model, images[part], settings.cams, threshold=threshold)
+        logit_parts.append(result.logits)
+        cam_parts.append(result)
         advance(part.stop - part.start)
-    logits, classes = torch.cat(logit_parts), torch.cat(class_parts)
-    maps_full = {m: torch.cat(v) for m, v in cam_maps.items()}
-    raw = {m: torch.cat(v) for m, v in cam_raw.items()}
+    logits = torch.cat(logit_parts) if logit_parts else images.new_zeros(0)
+    probability = torch.sigmoid(logits.double()).cpu().numpy()
+    predicted = (probability > threshold).astype(int)
+    classes = torch.as_tensor(predicted, device=device)
 
-    subset = choose_subset(np.asarray(labels), settings.subset, settings.seed)
-    sub = torch.as_tensor(subset, device=device)
-    attr_maps = attributions.compute_attributions(
-        model,
-        images[sub],
-        classes[sub],
-        settings.attributions,
-        batch_size=settings.batch_size,
-        options=settings.options,
-    )
-    advance(len(subset))
+    subset = choose_subset(labels, settings.subset, settings.seed)
+    roles: dict[str, dict[str, _Maps]] = {"pneumonia": {}, "decision": {}}
+    for method in settings.cams:
+        class1 = torch.cat([r.pneumonia.maps[method] for r in cam_parts])
+        raw1 = torch.cat([r.pneumonia.raw[method] for r in cam_parts])
+        decision = torch.cat([r.decision.maps[method] for r in cam_parts])
+        raw_d = torch.cat([r.decision.raw[method] for r in cam_parts])
+        ones = torch.ones(len(boxed), dtype=torch.long, device=device)
+        roles["pneumonia"][method] = _Maps(boxed, ones, class1[boxed], raw1[boxed])
+        roles["decision"][method] = _Maps(subset, classes[subset], decision[subset], raw_d[subset])
+
+    # captum methods on exactly the same images: Pneumonia maps of the boxed images, decision maps of the subset
+    for role, rows, explained in (
+        ("pneumonia", boxed, torch.ones(len(boxed), dtype=torch.long, device=device)),
+        ("decision", subset, classes[subset]),
+    ):
+        if len(rows) and settings.attributions:
+            idx = torch.as_tensor(rows, device=device)
+            maps = attributions.compute_attributions(
+                model, images[idx], explained, settings.attributions, settings.batch_size, settings.options
+            )
+            for method, m in maps.items():
+                roles[role][method] = _Maps(rows, explained, m, None)
+        advance(len(rows))
 
     base = pd.DataFrame(
         {
             "index": np.arange(n),
-            "label": np.asarray(labels).astype(int),
-            "probability": torch.sigmoid(logits).cpu().numpy(),
-            "explained_class": classes.cpu().numpy(),
-            "has_box": has_box.cpu().numpy(),
-            "chance": scores.chance_level(masks).cpu().numpy(),
+            "patient": patients,
+            "label": labels,
+            "probability": probability,
+            "predicted": predicted,
+            "outcome": outcomes(labels, predicted),
+            "has_box": has_box,
             "in_subset": np.isin(np.arange(n), subset),
+            "chance": localisation.chance_level(masks).cpu().numpy(),
+            "centre_prior": localisation.centre_prior(masks, tolerance=settings.measure.tolerance)
+            .float()
+            .cpu()
+            .numpy(),
         }
     )
     frames = []
-    for method in [*settings.cams, *settings.attributions]:
-        is_cam = method in maps_full
-        rows = np.arange(n) if is_cam else subset
-        maps = maps_full[method] if is_cam else attr_maps[method]
-        idx = torch.as_tensor(rows, device=device)
-        m_masks = masks[idx]
-        hits = cell_pointing(raw[method], m_masks) if is_cam else scores.pointing_game(maps, m_masks)
-        table = base.iloc[rows].copy()
-        table.insert(0, "method", method)
-        loc = _localisation(maps, m_masks, settings.level, hits)
-        boxed = table["has_box"].to_numpy()
-        for key, values in loc.items():
-            table[key] = np.where(boxed, values, np.nan)
-        for key in FAITHFULNESS:
-            table[key] = np.nan
-        # faithfulness on the subset only
-        in_sub = np.isin(rows, subset)
-        sub_rows = torch.as_tensor(np.flatnonzero(in_sub), device=device)
-        if len(sub_rows):
-            x, c, mp = images[idx][sub_rows], classes[idx][sub_rows], maps[sub_rows]
-            di = scores.deletion_insertion(
-                model, x, mp, c, steps=settings.steps, baseline=settings.baseline, batch_size=settings.batch_size * 4
+    methods = [*settings.cams, *settings.attributions]
+    for method in methods:
+        for role in ("pneumonia", "decision"):
+            found = roles[role][method]
+            if not len(found.rows):
+                continue
+            table = base.iloc[found.rows].copy()
+            table.insert(0, "method", method)
+            table.insert(1, "role", role)
+            table["explained_class"] = found.classes.cpu().numpy()
+            table["tied_share"] = ordering.tied_share(found.maps).cpu().numpy()
+            idx = torch.as_tensor(found.rows, device=device)
+            batch = MeasureBatch(
+                model=model,
+                images=images[idx],
+                maps=found.maps,
+                classes=found.classes,
+                masks=masks[idx],
+                boxes=[boxes[i] for i in found.rows],
+                options=settings.measure,
+                raw=found.raw,
             )
-            cc = scores.confidence_change(model, x, mp, c, batch_size=settings.batch_size * 4)
-            where = np.flatnonzero(in_sub)
-            table.iloc[where, table.columns.get_loc("deletion")] = di.deletion.cpu().numpy()
-            table.iloc[where, table.columns.get_loc("insertion")] = di.insertion.cpu().numpy()
-            table.iloc[where, table.columns.get_loc("confidence_change")] = cc.change.cpu().numpy()
-            table.iloc[where, table.columns.get_loc("confidence_rise")] = cc.increase.float().cpu().numpy()
-        frames.append(table)
-    per_image = pd.concat(frames, ignore_index=True)
+            for name in settings.measures:
+                measure = MEASURES[name]
+                if measure.on != role:
+                    continue
+                for key, values in measure.compute(batch).items():
+                    table[key] = values.detach().double().cpu().numpy()
+            frames.append(table)
+    per_image = _merge_roles(pd.concat(frames, ignore_index=True), settings.measures)
 
-    sanity = _sanity(model, images[sub[: settings.sanity_images]], classes[sub[: settings.sanity_images]], settings)
+    sanity_rows = subset[: settings.sanity_images]
+    curve = _sanity(model, images[torch.as_tensor(sanity_rows, device=device)], classes[sanity_rows], settings)
 
-    out_maps = {m: v.cpu().numpy().astype(np.float16) for m, v in maps_full.items()}
-    out_maps.update({m: v.cpu().numpy().astype(np.float16) for m, v in attr_maps.items()})
     return Explained(
         per_image=per_image,
-        sanity=sanity,
-        maps=out_maps,
-        raw={m: v.cpu().numpy().astype(np.float32) for m, v in raw.items()},
+        sanity=curve,
+        decision_maps={
+            m: torch.cat([r.decision.maps[m] for r in cam_parts]).cpu().numpy().astype(np.float16)
+            for m in settings.cams
+        },
+        pneumonia_maps={m: roles["pneumonia"][m].maps.cpu().numpy().astype(np.float16) for m in methods},
+        raw={
+            m: torch.cat([r.pneumonia.raw[m] for r in cam_parts]).cpu().numpy().astype(np.float32)
+            for m in settings.cams
+        },
         subset=subset,
+        boxed=boxed,
+        predicted=predicted,
     )
 
 
+def _merge_roles(table: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:
+    """One row per (method, image, explained class): a Pneumonia-predicted image's two roles are the same map."""
+    names = [c.name for c in columns(measures)]
+    for name in names:
+        if name not in table.columns:
+            table[name] = np.nan
+    keys = ["method", "index", "explained_class"]
+    merged = table.groupby(keys, sort=False, as_index=False).agg(
+        {**{c: "first" for c in table.columns if c not in (*keys, *names, "role")}, **dict.fromkeys(names, "max")}
+    )
+    roles = table.groupby(keys, sort=False)["role"].agg(lambda r: "+".join(sorted(set(r))))
+    merged.insert(3, "maps_for", roles.to_numpy())
+    return merged[
+        ["method", "index", "explained_class", "maps_for", *[c for c in merged.columns if c not in (*keys, "maps_for")]]
+    ]
+
+
 def _sanity(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, settings: ExplainSettings) -> pd.DataFrame:
-    """Cascading randomisation for every method. The CAMs share one pass per randomisation step: their maps are
+    """The randomisation curve for every method. The CAMs share one pass per randomisation step: their maps are
     stacked along the batch (method-major), so the features of each randomised model are computed once."""
     frames = []
     b = len(images)
+    if b == 0:
+        return pd.DataFrame(columns=["method", "mode", "step", "block", "image", "spearman", "spearman_abs", "ssim"])
     if settings.cams:
         cams = tuple(settings.cams)
 
@@ -233,54 +282,75 @@ def _sanity(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, setti
             maps = cam.compute_cams(m, x, cams, classes=c).maps
             return torch.cat([maps[name] for name in cams])
 
-        stacked = scores.cascading_randomisation(model, images, classes, all_cams, seed=settings.seed)
-        stacked.insert(0, "method", [cams[i // b] for i in stacked["image"]])
-        stacked["image"] = stacked["image"] % b
+        stacked = sanity.randomisation_curve(
+            model, images, classes, all_cams, seed=settings.seed, modes=tuple(settings.sanity_modes), methods=cams
+        )
         frames.append(stacked)
     for method in settings.attributions:
-        fn = _explain_fn(method, settings)
-        table = scores.cascading_randomisation(model, images, classes, fn, seed=settings.seed)
+        table = sanity.randomisation_curve(
+            model,
+            images,
+            classes,
+            signed_explainer(method, settings),
+            seed=settings.seed,
+            modes=tuple(settings.sanity_modes),
+        )
         table.insert(0, "method", method)
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
 
 
-def _explain_fn(
+def signed_explainer(
     method: str, settings: ExplainSettings
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``explain_fn(model, images, classes) -> signed maps``: CAM maps (non-negative), raw captum attributions."""
     if method in cam.CAM_METHODS:
         return lambda model, x, c: cam.compute_cams(model, x, (method,), classes=c).maps[method]
-    return lambda model, x, c: attributions.compute_attributions(
-        model, x, c, (method,), batch_size=settings.batch_size, options=settings.options
-    )[method]
+
+    def explain(model: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        fn = attributions.ATTRIBUTION_METHODS[method]
+        with cam.evaluating(model):
+            return fn(model, x, c, batch_size=settings.batch_size, **dict(settings.options.get(method, {})))
+
+    return explain
 
 
-def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:
-    """Mean Spearman correlation per method and randomisation step, and whether the method passes.
-
-    A method passes when, at some step, its maps' mean rank correlation with the trained model's maps falls below
-    :data:`SANITY_PASS`: its maps depend on the learned weights. One whose maps barely change fails.
-    """
-    steps = sanity.groupby(["method", "step", "block"], sort=False).spearman.mean().reset_index()
-    minimum = steps.groupby("method", sort=False).spearman.min().rename("min_spearman").reset_index()
-    minimum["passes"] = minimum["min_spearman"] < SANITY_PASS
-    return steps.merge(minimum, on="method")
+# ------------------------------------------------------------------------------------------ tables for the stage
 
 
-def consistency(
-    raw_a: Mapping[str, np.ndarray], raw_b: Mapping[str, np.ndarray], size: tuple[int, int], top: float = 0.2
+def measure_columns(per_image: pd.DataFrame) -> list[str]:
+    """The registered measure columns present in ``per_image``, in registry order, and the share of tied pixels."""
+    return [c.name for c in columns() if c.name in per_image.columns] + ["tied_share"]
+
+
+def summary_table(per_image: pd.DataFrame, n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per method and measure: mean and patient-clustered bootstrap interval over all images the measure applies to
+    (group ``all``) and per outcome; ``n`` values and ``clusters`` (patients) per cell."""
+    frames = []
+    for method, frame in per_image.groupby("method", sort=False):
+        table = statistics.summarise(frame, by="outcome", metrics=measure_columns(per_image), n=n, seed=seed)
+        frames.append(table.assign(method=method))
+    out = pd.concat(frames, ignore_index=True)
+    out = out[out["n"] > 0]
+    return out[["method", *[c for c in out.columns if c != "method"]]].reset_index(drop=True)
+
+
+def paired_table(per_image: pd.DataFrame, n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every pair of methods on every measure, on the images both were scored on (``paired.csv``)."""
+    frames = []
+    for c in columns():
+        if c.name not in per_image.columns or per_image[c.name].notna().sum() == 0:
+            continue
+        frames.append(statistics.paired_comparisons(per_image, c.name, kind=c.kind, n=n, seed=seed))
+    if not frames:
+        return pd.DataFrame(
+            columns=["method_a", "method_b", "measure", "n", "mean_difference", "low", "high", "p", "p_holm", "test"]
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def consistency_table(
+    raw_a: Mapping[str, np.ndarray], raw_b: Mapping[str, np.ndarray], size: tuple[int, int], **kwargs: object
 ) -> pd.DataFrame:
-    """Per method and image: rank correlation and top-``top`` region IoU of two models' maps of the same images.
-
-    Raw CAMs of either model are upsampled to ``size`` and normalised first, so the two feature grids may differ.
-    """
-    rows = []
-    for method in [m for m in raw_a if m in raw_b]:
-        a = cam.normalise(cam.upsample(torch.as_tensor(raw_a[method]).float(), size))
-        b = cam.normalise(cam.upsample(torch.as_tensor(raw_b[method]).float(), size))
-        rho = scores.rank_correlation(a, b).numpy()
-        iou = scores.top_region_iou(a, b, top=top).numpy()
-        rows.append(pd.DataFrame({"method": method, "index": np.arange(len(a)), "spearman": rho, "top_iou": iou}))
-    return (
-        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["method", "index", "spearman", "top_iou"])
-    )
+    """:func:`~cxrexplain.explain.measures.consistency.consistency` of two models' class-1 CAMs of the same images."""
+    return consistency.consistency(raw_a, raw_b, size, **kwargs)

@@ -33,20 +33,25 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain import gallery
 from cxrexplain.explain.evaluate import (
-    FAITHFULNESS,
-    LOCALISATION,
     MAPS_FILE,
+    PNEUMONIA,
     Explained,
     ExplainSettings,
     explain_images,
+    measure_columns,
+    outcomes,
+    paired_table,
     parse_boxes,
-    sanity_summary,
     scale_boxes,
+    signed_explainer,
+    summary_table,
 )
-from cxrexplain.explain.scores import IOBB_THRESHOLDS, accuracy_at_iobb, outcomes, summarise
-from cxrexplain.io import atomic_file, write_csv, write_json
+from cxrexplain.explain.measures import sanity
+from cxrexplain.explain.measures.registry import MeasureOptions
+from cxrexplain.io import atomic_dir, atomic_file, write_csv, write_json
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
 from cxrexplain.models.module import load_checkpoint
+from cxrexplain.models.permuted import train_on_permuted_labels
 from cxrexplain.progress import item_progress
 
 log = logging.getLogger(__name__)
@@ -59,17 +64,26 @@ def settings_from(params: Params) -> ExplainSettings:
     return ExplainSettings(
         cams=e.cams,
         attributions=e.attributions,
+        measures=e.measures,
         batch_size=e.batch_size,
         subset=e.subset,
-        sanity_images=e.sanity_images,
-        level=e.iobb_level,
-        steps=e.faithfulness.steps,
-        baseline=e.faithfulness.baseline,
+        sanity_images=e.sanity.images,
+        sanity_modes=e.sanity.modes,
         options={
             "integrated_gradients": {"n_steps": a.ig_steps},
             "occlusion": {"window": a.occlusion_window, "stride": a.occlusion_stride},
             "gradient_shap": {"n_samples": a.shap_samples},
         },
+        measure=MeasureOptions(
+            level=e.iobb_level,
+            tolerance=e.pointing_tolerance * params.train.image_size,
+            steps=e.faithfulness.steps,
+            baseline=e.faithfulness.baseline,
+            road_percentiles=e.faithfulness.road_percentiles,
+            orders=e.tie_orders,
+            batch_size=e.batch_size * 4,
+            seed=params.seed,
+        ),
         seed=params.seed,
     )
 
@@ -94,31 +108,50 @@ def choose_threshold(params: Params, predictions: Path) -> float:
     return youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
 
 
-def _metrics(per_image: pd.DataFrame, summary: pd.DataFrame, sanity: pd.DataFrame, threshold: float) -> dict:
-    """The small JSON for ``dvc metrics``: per method the overall means (with 95 % intervals) and the sanity result."""
+def _metrics(
+    images: int,
+    per_image: pd.DataFrame,
+    summary: pd.DataFrame,
+    verdict: pd.DataFrame,
+    data_test: dict | None,
+    threshold: float,
+) -> dict:
+    """The small JSON for ``dvc metrics``: per method and measure the mean over every image it applies to (95 %
+    patient-clustered interval, ``n`` images, ``clusters`` patients), the sanity verdict and the baselines."""
     boxed = per_image[per_image["has_box"]].drop_duplicates("index")
     out: dict = {
         "threshold": threshold,
-        "images": int(per_image["index"].nunique()),
+        "images": images,
         "images_with_boxes": len(boxed),
+        "subset_images": int(per_image.loc[per_image["in_subset"], "index"].nunique()),
         "pointing_chance": float(boxed["chance"].mean()) if len(boxed) else math.nan,
+        "pointing_centre_prior": float(boxed["centre_prior"].mean()) if len(boxed) else math.nan,
         "methods": {},
     }
     overall = summary[summary["group"] == "all"].set_index(["method", "metric"])
-    passes = sanity.drop_duplicates("method").set_index("method")
-    for method, part in per_image.groupby("method", sort=False):
+    verdicts = verdict.set_index("method") if len(verdict) else pd.DataFrame()
+    for method in per_image["method"].unique():
         entry: dict = {}
-        for metric in (*LOCALISATION, *FAITHFULNESS):
-            if (method, metric) in overall.index:
-                row = overall.loc[(method, metric)]
-                entry[metric] = {"mean": row["mean"], "low": row["low"], "high": row["high"], "n": int(row["n"])}
-        iobb = part.loc[part["has_box"], "iobb"].to_numpy(dtype=float)
-        entry["accuracy_at_iobb"] = {str(t): v for t, v in accuracy_at_iobb(torch.as_tensor(iobb)).items()}
-        if method in passes.index:
+        for name in measure_columns(per_image):
+            if (method, name) in overall.index:
+                row = overall.loc[(method, name)]
+                entry[name] = {
+                    "mean": float(row["mean"]),
+                    "low": float(row["low"]),
+                    "high": float(row["high"]),
+                    "n": int(row["n"]),
+                    "clusters": int(row["clusters"]),
+                }
+        if method in verdicts.index:
+            v = verdicts.loc[method]
             entry["sanity"] = {
-                "min_spearman": float(passes.loc[method, "min_spearman"]),
-                "passes": bool(passes.loc[method, "passes"]),
+                "spearman_after_last_block": float(v["spearman_after_last_block"]),
+                "ssim_after_last_block": float(v["ssim_after_last_block"]),
+                "min_spearman": float(v["min_over_steps"]),
+                "passes": bool(v["passes"]),
             }
+        if data_test and method in data_test:
+            entry["data_randomisation"] = data_test[method]
         out["methods"][method] = entry
     return out
 
@@ -154,52 +187,64 @@ def run(
     if part.empty:
         raise CxrError(f"{split_file}: no {e.split} images to explain")
     size = params.train.image_size
-    transform = eval_transform(size)
-    factor = size / images.shape[1]
-    x = torch.stack([torch.from_numpy(transform(image=np.asarray(images[r]))["image"])[None] for r in part["row"]])
-    boxes = [scale_boxes(parse_boxes(b), factor) for b in part["boxes"]]
+    x = network_inputs(images, part["row"], size)
+    boxes = [scale_boxes(parse_boxes(b), size / images.shape[1]) for b in part["boxes"]]
     settings = settings_from(params)
 
+    boxed = sum(1 for b in boxes if b)
     subset_n = len(part) if settings.subset is None else min(settings.subset, len(part))
-    with item_progress(f"explain {arch}", total=len(part) + subset_n, unit="images", enabled=show_progress) as adv:
+    total = len(part) + (boxed + subset_n if settings.attributions else 0)
+    with item_progress(f"explain {arch}", total=total, unit="images", enabled=show_progress) as adv:
         result = explain_images(
-            model, x.to(dev), part["label"].to_numpy(), boxes, settings, target=e.target, advance=adv
+            model,
+            x.to(dev),
+            part["label"].to_numpy(),
+            boxes,
+            settings,
+            threshold=threshold,
+            patients=part["patient"].astype(str).to_numpy(),
+            advance=adv,
         )
 
     per_image = result.per_image
-    per_image.insert(1, "image", part["image"].to_numpy()[per_image["index"].to_numpy()])
-    per_image.insert(
-        5, "outcome", outcomes(per_image["label"].to_numpy(), per_image["probability"].to_numpy(), threshold)
-    )
-    metric_cols = [*LOCALISATION, *FAITHFULNESS]
-    summary = pd.concat(
-        [
-            summarise(frame, by="outcome", metrics=metric_cols, seed=params.seed).assign(method=method)
-            for method, frame in per_image.groupby("method", sort=False)
-        ],
-        ignore_index=True,
-    )[["method", "group", "metric", "n", "mean", "low", "high"]]
-    sanity = sanity_summary(result.sanity)
+    per_image.insert(2, "image", part["image"].to_numpy()[per_image["index"].to_numpy()])
+    summary = summary_table(per_image, n=e.bootstrap, seed=params.seed)
+    paired = paired_table(per_image, n=e.bootstrap, seed=params.seed)
+    verdict = sanity.sanity_verdict(result.sanity, threshold=e.sanity.threshold)
+    data_table, data_test = None, None
+    if e.sanity.data_randomisation:
+        data_table, data_test = _data_randomisation(
+            params, arch, model, x.to(dev), result, settings, cache_dir, split_file
+        )
 
     out = Path(explain_dir) / arch
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "per_image.csv", per_image)
-    write_csv(out / "summary.csv", summary)
-    write_csv(out / "sanity.csv", sanity)
-    with atomic_file(out / MAPS_FILE) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh, images=part["image"].to_numpy().astype(str), **{f"raw/{m}": v for m, v in result.raw.items()}
-        )
-    shown = (x[:, 0] * GRAY_STD + GRAY_MEAN).clamp(0, 1).numpy()  # the network's input, back in 0..1
-    figures = _galleries(arch, params, part, shown, boxes, per_image, result, out, threshold)
+    metrics_path = Path(metrics_dir) / "explain" / f"{arch}.json"
+    with atomic_dir(out) as tmp:
+        write_csv(tmp / "per_image.csv", per_image)
+        write_csv(tmp / "summary.csv", summary)
+        write_csv(tmp / "paired.csv", paired)
+        write_csv(tmp / "sanity_curve.csv", result.sanity)
+        write_csv(tmp / "sanity.csv", verdict)
+        if data_table is not None:
+            write_csv(tmp / "data_randomisation.csv", data_table)
+        with atomic_file(tmp / MAPS_FILE) as maps_tmp, open(maps_tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                images=part["image"].to_numpy().astype(str),
+                explained_class=np.full(len(part), PNEUMONIA),
+                patients=part["patient"].to_numpy().astype(str),
+                **{f"raw/{m}": v for m, v in result.raw.items()},
+            )
+        shown = (x[:, 0] * GRAY_STD + GRAY_MEAN).clamp(0, 1).numpy()  # the network's input, back in 0..1
+        _galleries(arch, params, part, shown, boxes, per_image, result, tmp, threshold)
+    figures = sorted(out.glob("*.png"))
 
     metrics = {
         "arch": arch,
         "source": params.data.source,
         "split": e.split,
-        **_metrics(per_image, summary, sanity, threshold),
+        **_metrics(len(part), per_image, summary, verdict, data_test, threshold),
     }
-    metrics_path = Path(metrics_dir) / "explain" / f"{arch}.json"
     write_json(metrics_path, metrics)
     if ref is not None:
         flat = {
@@ -211,21 +256,72 @@ def run(
         tracking.log_metrics(ref["run_id"], flat, uri=ref["tracking_uri"])
         tracking.log_artifacts(
             ref["run_id"],
-            [out / "per_image.csv", out / "summary.csv", out / "sanity.csv", metrics_path, *figures],
+            [*(out / f for f in ARTIFACT_FILES if (out / f).is_file()), metrics_path, *figures],
             "explain",
             uri=ref["tracking_uri"],
         )
     grad = metrics["methods"].get("gradcam", {})
     if "pointing" in grad:
         log.info(
-            "%s: Grad-CAM pointing game %.2f (chance %.2f) on %d images with boxes; sanity %s",
+            "%s: Grad-CAM pointing game %.2f (chance %.2f, centre prior %.2f) on %d images with boxes; sanity %s",
             arch,
             grad["pointing"]["mean"],
             metrics["pointing_chance"],
+            metrics["pointing_centre_prior"],
             metrics["images_with_boxes"],
             "passes" if grad.get("sanity", {}).get("passes") else "FAILS",
         )
     return metrics
+
+
+ARTIFACT_FILES = (
+    "per_image.csv",
+    "summary.csv",
+    "paired.csv",
+    "sanity.csv",
+    "sanity_curve.csv",
+    "data_randomisation.csv",
+)
+
+
+def network_inputs(images: np.ndarray, rows: pd.Series, size: int) -> torch.Tensor:
+    """The cached 8-bit images ``rows`` as the network sees them: (N, 1, size, size), normalised."""
+    transform = eval_transform(size)
+    return torch.stack([torch.from_numpy(transform(image=np.asarray(images[r]))["image"])[None] for r in rows])
+
+
+def _data_randomisation(
+    params: Params,
+    arch: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    result: Explained,
+    settings: ExplainSettings,
+    cache_dir: Path,
+    split_file: Path,
+) -> tuple[pd.DataFrame, dict]:
+    """Adebayo et al.'s data randomisation test: a copy of the architecture trained on permuted training labels
+    explains the sanity images; its maps are compared with the trained model's (same classes)."""
+    permuted, accuracy = train_on_permuted_labels(params, arch, cache_dir, split_file, x.device)
+    rows = result.subset[: settings.sanity_images]
+    idx = torch.as_tensor(rows, device=x.device)
+    classes = torch.as_tensor(result.predicted[rows], device=x.device)
+    frames, summary = [], {}
+    for method in [*settings.cams, *settings.attributions]:
+        explain = signed_explainer(method, settings)
+        test = sanity.data_randomisation(
+            explain(model, x[idx], classes),
+            explain(permuted, x[idx], classes),
+            threshold=params.explain.sanity.threshold,
+        )
+        frames.append(test.per_image.assign(image=rows[test.per_image["image"].to_numpy()]).assign(method=method))
+        summary[method] = {
+            "mean_abs_spearman": test.mean_abs_spearman,
+            "passes": test.passes,
+            "permuted_train_accuracy": accuracy,
+            "images": len(rows),
+        }
+    return pd.concat(frames, ignore_index=True), summary
 
 
 def _galleries(
@@ -242,44 +338,43 @@ def _galleries(
     g = params.explain.gallery
     synthetic = " · SYNTHETIC data, not medical evidence" if params.data.source == "synthetic" else ""
     first = per_image.drop_duplicates("index").set_index("index").sort_index()
+    outcome = outcomes(part["label"].to_numpy(), result.predicted)
     captions = [
-        gallery.caption(int(lab), float(p)) for lab, p in zip(first["label"], first["probability"], strict=True)
+        gallery.caption(int(lab), float(p)) + f"\nmap of {'Pneumonia' if c == 1 else 'No Finding'}"
+        for lab, p, c in zip(
+            part["label"], first.reindex(range(len(part)))["probability"], result.predicted, strict=True
+        )
     ]
     figures = []
-    for method in [m for m in ("gradcam",) if m in result.maps] or list(result.maps)[:1]:
-        maps = result.maps[method].astype(np.float32)
+    for method in [m for m in ("gradcam",) if m in result.decision_maps] or list(result.decision_maps)[:1]:
+        maps = result.decision_maps[method].astype(np.float32)
         figures.append(
             gallery.outcome_gallery(
                 shown,
                 list(maps),
                 boxes,
                 captions,
-                list(first["outcome"]),
+                list(outcome),
                 out / f"gallery_{method}.png",
                 per_outcome=g.per_outcome,
-                title=f"{arch} · {method} · threshold {threshold:.2f}{synthetic}",
+                title=f"{arch} · {method} · decision maps at threshold {threshold:.2f}{synthetic}",
             )
         )
-    # method comparison on the first images of the subset that have boxes (then any), every method
-    subset = list(result.subset)
-    with_box = [i for i in subset if boxes[i]] + [i for i in subset if not boxes[i]]
-    rows = with_box[: g.compare_images]
-    position = {i: k for k, i in enumerate(subset)}
-    maps_by_method = {}
-    for method, maps in result.maps.items():
-        full = len(maps) == len(part)
-        maps_by_method[method] = [maps[i if full else position[i]].astype(np.float32) for i in rows]
-    figures.append(
-        gallery.method_grid(
-            [shown[i] for i in rows],
-            maps_by_method,
-            [boxes[i] for i in rows],
-            [captions[i] for i in rows],
-            out / "methods.png",
-            title=f"{arch} · methods{synthetic}",
+    # method comparison: every method's Pneumonia map on the first images with boxes
+    rows = list(range(min(g.compare_images, len(result.boxed))))
+    if rows:
+        chosen = [int(result.boxed[r]) for r in rows]
+        figures.append(
+            gallery.method_grid(
+                [shown[i] for i in chosen],
+                {m: [maps[r].astype(np.float32) for r in rows] for m, maps in result.pneumonia_maps.items()},
+                [boxes[i] for i in chosen],
+                [gallery.caption(int(part["label"][i]), float(first.loc[i, "probability"])) for i in chosen],
+                out / "methods.png",
+                title=f"{arch} · every method's map of Pneumonia on images with boxes{synthetic}",
+            )
         )
-    )
     return figures
 
 
-__all__ = ["IOBB_THRESHOLDS", "MAPS_FILE", "run", "settings_from"]
+__all__ = ["MAPS_FILE", "run", "settings_from"]

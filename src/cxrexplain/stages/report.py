@@ -22,8 +22,10 @@ from cxrexplain.config import ARCHS, EXPLAIN_DIR, METRICS_DIR, MODELS_DIR, Param
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import figures
+from cxrexplain.evaluation.classification import delong
 from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import youden_threshold
+from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ def run(
         gradcam = explained[arch]["methods"].get("gradcam", {})
         results[arch]["gradcam_pointing"] = gradcam.get("pointing")
         results[arch]["pointing_chance"] = explained[arch]["pointing_chance"]
+        results[arch]["pointing_centre_prior"] = explained[arch]["pointing_centre_prior"]
         results[arch]["gradcam_sanity_passes"] = gradcam.get("sanity", {}).get("passes")
 
     # figures
@@ -133,9 +136,23 @@ def run(
         fpr, tpr = cls.roc_points(y, p)
         write_csv(plots / f"roc_{arch}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
 
+    paired = {}
+    for arch in archs:
+        folder = Path(explain_dir) / arch
+        paired[arch] = _read_csv(folder / "paired.csv")
+        curve = _read_csv(folder / "sanity_curve.csv")
+        if len(curve):
+            made[f"sanity_{arch}"] = figures.sanity_figure(
+                curve, fig_dir / f"sanity_{arch}.png", threshold=params.explain.sanity.threshold, note=note
+            )
+    comparison = _delong(archs, models_dir) if len(archs) == 2 else None
+    if comparison is not None:
+        metrics_delong = comparison
     consistency_path = Path(metrics_dir) / "explain" / "consistency.json"
     consistency = _read_json(consistency_path) if consistency_path.is_file() else None
-    doc = _document(params, sample, split, results, explained, consistency, made, archs, synthetic)
+    doc = _document(params, sample, split, results, explained, consistency, made, archs, synthetic, comparison)
+    _explanations(doc, params, explained, paired, made, archs)
+    _consistency(doc, params, consistency)
     write_text(reports_dir / "report.md", doc.markdown(reports_dir))
     write_text(reports_dir / "report.html", doc.html())
     metrics = {
@@ -144,6 +161,7 @@ def run(
         "split_protocol": params.split.group_by,
         "cohort": sample.get("cached", {}),
         "archs": results,
+        "delong": metrics_delong if comparison is not None else None,
     }
     write_json(reports_dir / "metrics.json", metrics)
     if log_to_mlflow:
@@ -152,7 +170,32 @@ def run(
     return metrics
 
 
-def _document(params, sample, split, results, explained, consistency, made, archs, synthetic) -> Document:
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise CxrError(f"{path}: not found; run the earlier stages first (dvc repro)") from None
+
+
+def _delong(archs, models_dir: Path) -> dict:
+    """DeLong's test of the two architectures' test AUROCs on the same test images (paired by image name)."""
+    tables = []
+    for arch in archs:
+        p = pd.read_csv(Path(models_dir) / arch / "predictions.csv")
+        tables.append(p[p["split"] == "test"].set_index("image"))
+    a, b = tables
+    common = a.index.intersection(b.index)
+    if len(common) != len(a) or len(common) != len(b):
+        raise CxrError(f"{archs[0]} and {archs[1]} were tested on different images; re-run both train stages")
+    result = delong(
+        a.loc[common, "label"].to_numpy(),
+        a.loc[common, "probability"].to_numpy(),
+        b.loc[common, "probability"].to_numpy(),
+    )
+    return {"archs": list(archs), "images": len(common), **{k: float(v) for k, v in result.items()}}
+
+
+def _document(params, sample, split, results, explained, consistency, made, archs, synthetic, comparison) -> Document:
     commit, dirty = tracking.git_state()
     doc = Document("cxrexplain report: Pneumonia vs No Finding" + (" [SYNTHETIC DATA]" if synthetic else ""))
     if synthetic:
@@ -193,7 +236,9 @@ def _document(params, sample, split, results, explained, consistency, made, arch
             *(
                 (
                     _fmt(results[a]["gradcam_pointing"])
-                    + f" Grad-CAM pointing game; chance {results[a]['pointing_chance']:.3f}"
+                    + f" Grad-CAM pointing game on the Pneumonia map, n={results[a]['gradcam_pointing']['n']}; "
+                    f"chance {results[a]['pointing_chance']:.3f}, "
+                    f"centre prior {results[a]['pointing_centre_prior']:.3f}"
                 )
                 if results[a]["gradcam_pointing"]
                 else "n/a"
@@ -224,61 +269,184 @@ def _document(params, sample, split, results, explained, consistency, made, arch
     doc.figure(made["calibration"], "Calibration diagram (test)")
     doc.figure(made["training"], "Training curves: loss and AUROC per epoch")
 
+    if comparison is not None:
+        doc.paragraph(
+            f"DeLong's test of the two test AUROCs on the same {comparison['images']} images: {archs[0]} "
+            f"{comparison['auc_a']:.3f}, {archs[1]} {comparison['auc_b']:.3f}, difference "
+            f"{comparison['difference']:+.3f} (95 % CI {comparison['low']:+.3f} to {comparison['high']:+.3f}), "
+            f"z = {comparison['z']:.2f}, p = {_p(comparison['p'])}."
+        )
+    return doc
+
+
+def _consistency(doc: Document, params: Params, consistency: dict | None) -> None:
+    if consistency:
+        doc.heading("Consistency across architectures", 3)
+        doc.paragraph(
+            f"Both architectures' maps of class Pneumonia on the same {consistency['images']} test images (every map "
+            "explains Pneumonia, whatever either model predicted): Spearman rank correlation over the pixels (a "
+            "constant map counts as ρ = 0) and IoU of the two top-20 % regions, ties broken at random and averaged "
+            f"over {params.explain.tie_orders} orders; patient-clustered 95 % intervals."
+        )
+        doc.table(
+            ["method", "Spearman ρ", "top-20 % region IoU"],
+            [[m, _cell(v["spearman"]), _cell(v["top_iou"])] for m, v in consistency["methods"].items()],
+        )
+
+
+def _cell(entry: dict | None) -> str:
+    """``mean (low-high) n=…``: every cell of an explanation table carries how many images it is a mean of."""
+    if not entry or entry.get("mean") is None or (isinstance(entry["mean"], float) and math.isnan(entry["mean"])):
+        return "n/a"
+    clusters = f", {entry['clusters']} pat." if "clusters" in entry else ""
+    return f"{entry['mean']:.3f} ({entry['low']:.3f}-{entry['high']:.3f}) n={entry.get('n', '?')}{clusters}"
+
+
+def _explanations(doc: Document, params: Params, explained: dict, paired: dict, made: dict, archs) -> None:
+    """The explanation section, built from the measure registry: a new measure appears here without an edit."""
+    e = params.explain
     doc.heading("Explanations")
     doc.paragraph(
-        "Per method, on the test images with boxes (localisation) and on the explain subset (faithfulness): means with "
-        "95 % bootstrap intervals. Pointing game chance level = share of image area inside boxes. IoBB (ChestX-ray8's "
-        f"measure) divides by the area of the map binarised at {params.explain.iobb_level:g} × its peak, so sparse "
-        "pixel attributions (saliency, Integrated Gradients) score near 1 when their few peak pixels fall inside a "
-        "box; the pointing game and the energy in boxes compare CAMs and pixel methods more fairly. Sanity: cascading "
-        "model-parameter randomisation; a method passes when its maps' Spearman correlation with the trained model's "
-        "falls below 0.5."
+        f"Decision threshold {e.threshold} defines the outcomes and the class each *decision map* explains. "
+        "**Localisation** scores the map of class Pneumonia on every test image with a Pneumonia box, whatever the "
+        "prediction (group 'all'); its TP row is the predicted-class map on true positives (CheXlocalize's "
+        "protocol). **Faithfulness** and **complexity** score the decision maps of the explain subset (balanced "
+        "classes). Every method is scored on the same images; each cell gives the mean, its 95 % patient-clustered "
+        f"bootstrap interval ({e.bootstrap} resamples: patients, not images, are resampled) and its n (images, "
+        "patients). Rankings (deletion/insertion, ROAD, top-k regions) break ties between equal map values at "
+        f"random, averaged over {e.tie_orders} seeded orders; the share of tied pixels is reported. Pointing game: "
+        "ties count as the share of maximal points inside a box, a constant map is a miss"
+        + (f", tolerance {e.pointing_tolerance:g} × the image side" if e.pointing_tolerance else "")
+        + ". Pixel IoBB divides by the area of the map binarised at "
+        f"{e.iobb_level:g} × its peak, so one hot pixel inside a box gives 1.0 for a sparse pixel attribution: read "
+        "it beside the box-level protocol and the energy in boxes."
     )
+    measures_doc = [
+        [
+            m.name,
+            m.family,
+            "Pneumonia maps, images with boxes" if m.on == "pneumonia" else "decision maps, subset",
+            ", ".join(
+                c.label + (" ↑" if c.better == "higher" else " ↓" if c.better == "lower" else "") for c in m.columns
+            ),
+            m.reference,
+        ]
+        for m in MEASURES.values()
+        if m.name in e.measures
+    ]
+    doc.table(["measure", "family", "scored on", "columns (↑ higher is better)", "reference"], measures_doc)
     for a in archs:
-        doc.heading(f"{a} (chance level {explained[a]['pointing_chance']:.3f})", 3)
+        info = explained[a]
+        doc.heading(f"{a}", 3)
+        doc.paragraph(
+            f"{info['images']} test images explained, {info['images_with_boxes']} with Pneumonia boxes, "
+            f"{info['subset_images']} in the subset. Pointing-game baselines on the images with boxes: chance (share "
+            f"of the image inside boxes) {info['pointing_chance']:.3f}, centre prior (a map peaking at the image "
+            f"centre) {info['pointing_centre_prior']:.3f}."
+        )
+        for title, cols in _tables():
+            present = [c for c in cols if any(c.name in entry for entry in info["methods"].values())]
+            if not present:
+                continue
+            doc.paragraph(f"**{title}**")
+            doc.table(
+                [
+                    "method",
+                    *(
+                        c.label + (" ↑" if c.better == "higher" else " ↓" if c.better == "lower" else "")
+                        for c in present
+                    ),
+                ],
+                [[method, *(_cell(entry.get(c.name)) for c in present)] for method, entry in info["methods"].items()],
+            )
+        doc.paragraph(
+            "**Sanity checks** (Adebayo et al. 2018): mean |Spearman ρ| between the trained model's decision maps and "
+            "those of a copy with randomised weights, on the first images of the subset. A method passes when its "
+            f"maps have decorrelated (below {e.sanity.threshold:g}) once the head and the last block are randomised; "
+            "a map that only changes when the stem is randomised behaves like an edge detector and fails. A map that "
+            "becomes constant counts as fully changed (ρ = 0)."
+        )
         rows = []
-        for method, entry in explained[a]["methods"].items():
-            acc = entry.get("accuracy_at_iobb", {})
+        for method, entry in info["methods"].items():
+            s_ = entry.get("sanity")
+            d_ = entry.get("data_randomisation")
             rows.append(
                 [
                     method,
-                    *(
-                        _fmt(entry[m]) if m in entry else "n/a"
-                        for m in ("pointing", "energy", "iobb", "deletion", "insertion")
-                    ),
-                    " / ".join(
-                        f"{acc[t]:.2f}" if acc.get(t) is not None and not math.isnan(acc[t]) else "n/a"
-                        for t in ("0.1", "0.25", "0.5", "0.75", "0.9")
-                    ),
-                    ("passes" if entry["sanity"]["passes"] else "FAILS") + f" ({entry['sanity']['min_spearman']:.2f})"
-                    if "sanity" in entry
-                    else "n/a",
+                    f"{s_['spearman_after_last_block']:.2f}" if s_ else "n/a",
+                    f"{s_['min_spearman']:.2f}" if s_ else "n/a",
+                    ("passes" if s_["passes"] else "FAILS") if s_ else "n/a",
+                    (
+                        f"{d_['mean_abs_spearman']:.2f} ({'passes' if d_['passes'] else 'FAILS'}; permuted-label train "
+                        f"accuracy {d_['permuted_train_accuracy']:.2f}, n={d_['images']})"
+                    )
+                    if d_
+                    else "not run",
                 ]
             )
         doc.table(
-            [
-                "method",
-                "pointing",
-                "energy in boxes",
-                "IoBB",
-                "deletion AUC ↓",
-                "insertion AUC ↑",
-                "acc. at T(IoBB) 0.1/0.25/0.5/0.75/0.9",
-                "sanity (min ρ)",
-            ],
-            rows,
+            ["method", "|ρ| after head + last block", "min |ρ|", "model randomisation", "data randomisation"], rows
         )
+        if f"sanity_{a}" in made:
+            doc.figure(made[f"sanity_{a}"], f"{a}: randomisation curves, top-down, bottom-up and independent")
+        table = paired.get(a)
+        if table is not None and len(table):
+            shown = table[(table["method_a"] == "gradcam") & table["measure"].isin(PAIRED_SHOWN)].sort_values(
+                ["measure", "test", "method_b"]
+            )
+            doc.paragraph(
+                "**Paired comparisons** on the same images: Grad-CAM against every other method on the headline "
+                "measures (difference = Grad-CAM − other; paired t-test, as in the papers that compare CAM variants "
+                "by confidence increase, Wilcoxon signed-rank, McNemar for 0/1 outcomes; p adjusted by Holm over "
+                f"the method pairs of one measure and test; interval: paired patient-clustered bootstrap). All "
+                f"{len(table)} comparisons: `explain/{a}/paired.csv`."
+            )
+            doc.table(
+                ["measure", "other method", "test", "n", "difference (95 % CI)", "p", "p (Holm)"],
+                [
+                    [
+                        r.measure,
+                        r.method_b,
+                        r.test,
+                        int(r.n),
+                        f"{r.mean_difference:+.3f} ({r.low:+.3f} to {r.high:+.3f})",
+                        _p(r.p),
+                        _p(r.p_holm),
+                    ]
+                    for r in shown.itertuples()
+                ],
+            )
         if f"gallery_gradcam_{a}" in made:
-            doc.figure(made[f"gallery_gradcam_{a}"], f"{a}: Grad-CAM on TP, FP, FN and TN test images")
+            doc.figure(
+                made[f"gallery_gradcam_{a}"],
+                f"{a}: Grad-CAM decision maps on TP, FP, FN and TN test images (each tile names the class explained)",
+            )
         if f"methods_{a}" in made:
-            doc.figure(made[f"methods_{a}"], f"{a}: every method on the same images")
-    if consistency:
-        doc.heading("Consistency across architectures", 3)
-        doc.table(
-            ["method", "Spearman ρ", "top-20 % region IoU"],
-            [[m, _fmt(v["spearman"]), _fmt(v["top_iou"])] for m, v in consistency["methods"].items()],
-        )
-    return doc
+            doc.figure(made[f"methods_{a}"], f"{a}: every method's map of Pneumonia on the same images with boxes")
+
+
+PAIRED_SHOWN = ("pointing", "energy", "deletion", "insertion", "average_drop", "increase")
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _tables() -> list[tuple[str, list]]:
+    """The explanation tables: one per family, a measure with more than three columns in a table of its own."""
+    out = []
+    for family in FAMILIES:
+        small = [c for m in MEASURES.values() if m.family == family and len(m.columns) <= 3 for c in m.columns]
+        if small:
+            out.append((f"{family.capitalize()}", small))
+        for m in MEASURES.values():
+            if m.family == family and len(m.columns) > 3:
+                out.append((f"{family.capitalize()}: {m.reference}", list(m.columns)))
+    tied = Column("tied_share", "tied pixels (share)", None)
+    out.append(("Ties", [tied]))
+    return out
 
 
 def _log(params: Params, archs, models_dir: Path, reports_dir: Path, made: dict, metrics: dict) -> None:
