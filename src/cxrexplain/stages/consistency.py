@@ -62,6 +62,7 @@ def run(
         "archs": list(archs),
         "images": len(names_a),
         "explained_class": "Pneumonia",
+        "tie_orders": params.explain.tie_orders,
         "methods": {
             method: {
                 row["metric"]: {

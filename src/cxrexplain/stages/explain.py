@@ -244,6 +244,17 @@ def run(
         "source": params.data.source,
         "split": e.split,
         **_metrics(len(part), per_image, summary, verdict, data_test, threshold),
+        "settings": {  # what the report says about how these numbers were computed
+            "threshold": e.threshold,
+            "measures": list(e.measures),
+            "iobb_level": e.iobb_level,
+            "pointing_tolerance": e.pointing_tolerance,
+            "tie_orders": e.tie_orders,
+            "bootstrap": e.bootstrap,
+            "sanity_threshold": e.sanity.threshold,
+            "sanity_modes": list(e.sanity.modes),
+            "data_randomisation": e.sanity.data_randomisation,
+        },
     }
     write_json(metrics_path, metrics)
     if ref is not None:

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -81,11 +82,13 @@ def run(
         val, test = predictions[predictions["split"] == "val"], predictions[predictions["split"] == "test"]
         youden = youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
         y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+        patients = test["patient"].astype(str).to_numpy() if "patient" in test else None
         results[arch] = {
             "test_images": len(test),
+            "test_patients": len(set(patients)) if patients is not None else None,
             "threshold_youden": youden,
-            "at_0.5": cls.bootstrap_metrics(y, p, 0.5, n=bootstrap, seed=params.seed),
-            "at_youden": cls.bootstrap_metrics(y, p, youden, n=bootstrap, seed=params.seed),
+            "at_0.5": cls.bootstrap_metrics(y, p, 0.5, n=bootstrap, seed=params.seed, clusters=patients),
+            "at_youden": cls.bootstrap_metrics(y, p, youden, n=bootstrap, seed=params.seed, clusters=patients),
         }
         test_sets[arch] = (y, p)
         histories[arch] = pd.read_csv(Path(models_dir) / arch / "history.csv")
@@ -143,7 +146,10 @@ def run(
         curve = _read_csv(folder / "sanity_curve.csv")
         if len(curve):
             made[f"sanity_{arch}"] = figures.sanity_figure(
-                curve, fig_dir / f"sanity_{arch}.png", threshold=params.explain.sanity.threshold, note=note
+                curve,
+                fig_dir / f"sanity_{arch}.png",
+                threshold=explained[arch]["settings"]["sanity_threshold"],
+                note=note,
             )
     comparison = _delong(archs, models_dir) if len(archs) == 2 else None
     if comparison is not None:
@@ -152,7 +158,7 @@ def run(
     consistency = _read_json(consistency_path) if consistency_path.is_file() else None
     doc = _document(params, sample, split, results, explained, consistency, made, archs, synthetic, comparison)
     _explanations(doc, params, explained, paired, made, archs)
-    _consistency(doc, params, consistency)
+    _consistency(doc, consistency)
     write_text(reports_dir / "report.md", doc.markdown(reports_dir))
     write_text(reports_dir / "report.html", doc.html())
     metrics = {
@@ -223,7 +229,7 @@ def _document(params, sample, split, results, explained, consistency, made, arch
     doc.paragraph(
         "The study reports an image-level random split of NIH ChestX-ray14 with 5,000 images per class; NIH has only "
         "1,431 Pneumonia images (1,008 patients), and an image-level split leaks patients. Values below are test-set "
-        "point estimates with 95 % bootstrap intervals at threshold 0.5."
+        "point estimates with 95 % patient-clustered bootstrap intervals (patients resampled) at threshold 0.5."
     )
     header = ["measure", "study (reported)", *archs]
     rows = []
@@ -279,14 +285,14 @@ def _document(params, sample, split, results, explained, consistency, made, arch
     return doc
 
 
-def _consistency(doc: Document, params: Params, consistency: dict | None) -> None:
+def _consistency(doc: Document, consistency: dict | None) -> None:
     if consistency:
         doc.heading("Consistency across architectures", 3)
         doc.paragraph(
             f"Both architectures' maps of class Pneumonia on the same {consistency['images']} test images (every map "
             "explains Pneumonia, whatever either model predicted): Spearman rank correlation over the pixels (a "
             "constant map counts as ρ = 0) and IoU of the two top-20 % regions, ties broken at random and averaged "
-            f"over {params.explain.tie_orders} orders; patient-clustered 95 % intervals."
+            f"over {consistency['tie_orders']} orders; patient-clustered 95 % intervals."
         )
         doc.table(
             ["method", "Spearman ρ", "top-20 % region IoU"],
@@ -304,7 +310,7 @@ def _cell(entry: dict | None) -> str:
 
 def _explanations(doc: Document, params: Params, explained: dict, paired: dict, made: dict, archs) -> None:
     """The explanation section, built from the measure registry: a new measure appears here without an edit."""
-    e = params.explain
+    e = SimpleNamespace(**explained[archs[0]]["settings"])
     doc.heading("Explanations")
     doc.paragraph(
         f"Decision threshold {e.threshold} defines the outcomes and the class each *decision map* explains. "
@@ -362,7 +368,7 @@ def _explanations(doc: Document, params: Params, explained: dict, paired: dict, 
         doc.paragraph(
             "**Sanity checks** (Adebayo et al. 2018): mean |Spearman ρ| between the trained model's decision maps and "
             "those of a copy with randomised weights, on the first images of the subset. A method passes when its "
-            f"maps have decorrelated (below {e.sanity.threshold:g}) once the head and the last block are randomised; "
+            f"maps have decorrelated (below {e.sanity_threshold:g}) once the head and the last block are randomised; "
             "a map that only changes when the stem is randomised behaves like an edge detector and fails. A map that "
             "becomes constant counts as fully changed (ρ = 0)."
         )
@@ -385,37 +391,28 @@ def _explanations(doc: Document, params: Params, explained: dict, paired: dict, 
                 ]
             )
         doc.table(
-            ["method", "|ρ| after head + last block", "min |ρ|", "model randomisation", "data randomisation"], rows
+            [
+                "method",
+                "mean abs ρ after head + last block",
+                "lowest mean abs ρ",
+                "model randomisation",
+                "data randomisation",
+            ],
+            rows,
         )
         if f"sanity_{a}" in made:
             doc.figure(made[f"sanity_{a}"], f"{a}: randomisation curves, top-down, bottom-up and independent")
         table = paired.get(a)
         if table is not None and len(table):
-            shown = table[(table["method_a"] == "gradcam") & table["measure"].isin(PAIRED_SHOWN)].sort_values(
-                ["measure", "test", "method_b"]
-            )
             doc.paragraph(
                 "**Paired comparisons** on the same images: Grad-CAM against every other method on the headline "
-                "measures (difference = Grad-CAM − other; paired t-test, as in the papers that compare CAM variants "
-                "by confidence increase, Wilcoxon signed-rank, McNemar for 0/1 outcomes; p adjusted by Holm over "
-                f"the method pairs of one measure and test; interval: paired patient-clustered bootstrap). All "
-                f"{len(table)} comparisons: `explain/{a}/paired.csv`."
+                "measures (difference = Grad-CAM − other, with its paired patient-clustered bootstrap interval; "
+                "continuous measures: the paired t-test, as in the papers that compare CAM variants by confidence "
+                "increase, and the Wilcoxon signed-rank test; 0/1 outcomes: McNemar's exact test (the sign test "
+                "where tied pointing hits are fractional); p (Holm-adjusted over the method pairs of one measure and "
+                f"test). All {len(table)} comparisons, every pair of methods: `explain/{a}/paired.csv`."
             )
-            doc.table(
-                ["measure", "other method", "test", "n", "difference (95 % CI)", "p", "p (Holm)"],
-                [
-                    [
-                        r.measure,
-                        r.method_b,
-                        r.test,
-                        int(r.n),
-                        f"{r.mean_difference:+.3f} ({r.low:+.3f} to {r.high:+.3f})",
-                        _p(r.p),
-                        _p(r.p_holm),
-                    ]
-                    for r in shown.itertuples()
-                ],
-            )
+            doc.table(["measure", "Grad-CAM vs", "n", "difference (95 % CI)", "p (Holm)"], _paired_rows(table))
         if f"gallery_gradcam_{a}" in made:
             doc.figure(
                 made[f"gallery_gradcam_{a}"],
@@ -425,7 +422,28 @@ def _explanations(doc: Document, params: Params, explained: dict, paired: dict, 
             doc.figure(made[f"methods_{a}"], f"{a}: every method's map of Pneumonia on the same images with boxes")
 
 
-PAIRED_SHOWN = ("pointing", "energy", "deletion", "insertion", "average_drop", "increase")
+PAIRED_SHOWN = ("pointing", "energy", "deletion", "insertion", "average_drop", "increase", "road_morf")
+TEST_NAMES = {"t": "t", "wilcoxon": "Wilcoxon", "mcnemar": "McNemar", "sign": "sign"}
+
+
+def _paired_rows(table: pd.DataFrame, reference: str = "gradcam") -> list[list[str]]:
+    """One row per (measure, other method): the difference and every test's p with its Holm adjustment."""
+    rows = []
+    mine = table[(table["method_a"] == reference) & table["measure"].isin(PAIRED_SHOWN)]
+    for (measure, other), part in mine.groupby(["measure", "method_b"], sort=False):
+        first = part.iloc[0]
+        tests = " · ".join(f"{TEST_NAMES.get(r.test, r.test)} {_p(r.p)} ({_p(r.p_holm)})" for r in part.itertuples())
+        rows.append(
+            [
+                measure,
+                other,
+                str(int(first["n"])),
+                f"{first['mean_difference']:+.3f} ({first['low']:+.3f} to {first['high']:+.3f})",
+                tests,
+            ]
+        )
+    order = {m: k for k, m in enumerate(PAIRED_SHOWN)}
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))
 
 
 def _p(value: float) -> str:

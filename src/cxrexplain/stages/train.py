@@ -230,6 +230,7 @@ def _finish(
     table = dm.table.set_index("row")
     predictions = pd.concat(frames, ignore_index=True)
     predictions.insert(1, "image", table.loc[predictions["row"], "image"].to_numpy())
+    predictions.insert(2, "patient", table.loc[predictions["row"], "patient"].to_numpy())  # intervals resample patients
     predictions = predictions.drop(columns="row")
     write_csv(out / "predictions.csv", predictions)
     history = pd.DataFrame(trainer.lightning_module.history)

@@ -1,0 +1,51 @@
+"""Stage consistency on hand-written maps files: it compares Pneumonia maps only, of the same images."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrexplain.config import validate
+from cxrexplain.errors import CxrError
+from cxrexplain.stages import consistency
+
+PARAMS = validate({"train": {"image_size": 32}, "explain": {"tie_orders": 2, "bootstrap": 50}})
+
+
+def write_maps(folder, raw: np.ndarray, explained_class: np.ndarray | None, images=("a.png", "b.png")) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = {} if explained_class is None else {"explained_class": explained_class}
+    np.savez(
+        folder / "maps.npz", images=np.array(images), patients=np.array(["1", "2"]), **{"raw/gradcam": raw}, **extra
+    )
+
+
+def test_identical_pneumonia_maps_agree_perfectly(tmp_path):
+    raw = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)  # no ties
+    for arch in ("resnet50", "densenet121"):
+        write_maps(tmp_path / "explain" / arch, raw, np.array([1, 1]))
+    metrics = consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
+    assert metrics["explained_class"] == "Pneumonia" and metrics["images"] == 2
+    assert metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert metrics["methods"]["gradcam"]["top_iou"]["mean"] == pytest.approx(1.0)
+    assert metrics["methods"]["gradcam"]["spearman"]["n"] == 2
+    assert json.loads((tmp_path / "metrics" / "explain" / "consistency.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize("classes", [np.array([1, 0]), None])
+def test_item3_maps_of_another_class_or_of_no_recorded_class_are_refused(tmp_path, classes):
+    # the audit: ResNet-50's Pneumonia map was correlated with DenseNet-121's No Finding map without a word
+    raw = np.random.default_rng(1).random((2, 4, 4)).astype(np.float32)
+    write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121", raw, classes)
+    with pytest.raises(CxrError, match=r"densenet121/maps.npz: does not record Pneumonia maps for every image"):
+        consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
+    assert not (tmp_path / "metrics").exists()  # nothing written
+
+
+def test_different_images_are_refused(tmp_path):
+    raw = np.zeros((2, 4, 4), dtype=np.float32)
+    write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121", raw, np.array([1, 1]), images=("a.png", "c.png"))
+    with pytest.raises(CxrError, match="explained different images"):
+        consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
