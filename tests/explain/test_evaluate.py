@@ -104,6 +104,7 @@ def test_item2_the_threshold_that_defines_outcomes_defines_the_explained_class()
     p = float(torch.sigmoid(torch.tensor(1 / 64 - 2.0)))  # 0.1216…, both images
     low = explain_images(toy(), x, np.array([1, 0]), boxes, CHEAP, threshold=0.1)  # youden-like low threshold
     assert low.per_image["probability"].to_numpy() == pytest.approx(p)
+    assert low.probability == pytest.approx([p, p])  # every image's, also those no measure scores
     assert list(low.predicted) == [1, 1]
     rows = low.per_image.drop_duplicates("index").set_index("index")
     assert list(rows["outcome"]) == ["TP", "FP"]

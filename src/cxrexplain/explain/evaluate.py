@@ -66,6 +66,7 @@ class Explained:
     subset: np.ndarray  # indices (into the images) of the explain subset
     boxed: np.ndarray  # indices of the images with a Pneumonia box
     predicted: np.ndarray  # (N,) 0/1 at the threshold
+    probability: np.ndarray  # (N,) P(Pneumonia) of every image (float64)
 
 
 def parse_boxes(text: str | float) -> list[list[float]]:
@@ -248,6 +249,7 @@ def explain_images(
         subset=subset,
         boxed=boxed,
         predicted=predicted,
+        probability=probability,
     )
 
 

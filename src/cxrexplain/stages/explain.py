@@ -348,13 +348,10 @@ def _galleries(
 ) -> list[Path]:
     g = params.explain.gallery
     synthetic = " · SYNTHETIC data, not medical evidence" if params.data.source == "synthetic" else ""
-    first = per_image.drop_duplicates("index").set_index("index").sort_index()
     outcome = outcomes(part["label"].to_numpy(), result.predicted)
     captions = [
         gallery.caption(int(lab), float(p)) + f"\nmap of {'Pneumonia' if c == 1 else 'No Finding'}"
-        for lab, p, c in zip(
-            part["label"], first.reindex(range(len(part)))["probability"], result.predicted, strict=True
-        )
+        for lab, p, c in zip(part["label"], result.probability, result.predicted, strict=True)
     ]
     figures = []
     for method in [m for m in ("gradcam",) if m in result.decision_maps] or list(result.decision_maps)[:1]:
@@ -380,7 +377,7 @@ def _galleries(
                 [shown[i] for i in chosen],
                 {m: [maps[r].astype(np.float32) for r in rows] for m, maps in result.pneumonia_maps.items()},
                 [boxes[i] for i in chosen],
-                [gallery.caption(int(part["label"][i]), float(first.loc[i, "probability"])) for i in chosen],
+                [gallery.caption(int(part["label"][i]), float(result.probability[i])) for i in chosen],
                 out / "methods.png",
                 title=f"{arch} · every method's map of Pneumonia on images with boxes{synthetic}",
             )
