@@ -78,7 +78,9 @@ def test_outputs_metrics_and_mlflow_run(project):
         "mlflow_run.json",
     }
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["split", "image", "label", "probability"]
+    assert list(predictions.columns) == ["split", "image", "patient", "label", "probability"]
+    # the patient of every image, so that the report's intervals resample patients
+    assert predictions["patient"].tolist() == [int(name[:8]) for name in predictions["image"]]
     assert predictions["split"].value_counts().to_dict() == {"val": 12, "test": 12}
     assert predictions["probability"].between(0, 1).all()
     assert len(pd.read_csv(out / "history.csv")) == 2

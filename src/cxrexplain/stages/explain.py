@@ -1,10 +1,12 @@
-"""Stage explain@arch: explain every image of a split with the CAM family and the captum baselines, measure the
-explanations, draw galleries, and log it all to the architecture's MLflow run.
+"""Stage explain@arch: explain the images of a split with the CAM family and the captum baselines, measure the
+explanations with every measure of the registry, draw galleries, and log it all to the architecture's MLflow run.
 
 Reads ``models/<arch>/best.ckpt`` (+ its ``predictions.csv`` for a Youden threshold and ``mlflow_run.json``), the
-cache and the split. Writes ``explain/<arch>/`` (per-image table, summary with bootstrap intervals, sanity table,
-CAM maps, galleries) and ``metrics/explain/<arch>.json``; stage ``consistency`` (stages/consistency.py) compares
-the architectures.
+cache and the split. Writes ``explain/<arch>/`` through a temporary folder renamed on success: ``per_image.csv``
+(one row per method, image and explained class), ``summary.csv`` (patient-clustered intervals with n), ``paired.csv``
+(methods compared on the same images), ``sanity_curve.csv`` and ``sanity.csv`` (verdicts), ``data_randomisation.csv``
+when enabled, ``maps.npz`` (raw Pneumonia CAMs for stage ``consistency``) and the galleries; and
+``metrics/explain/<arch>.json`` (means, intervals, n, the verdicts and the settings used).
 """
 
 from __future__ import annotations
