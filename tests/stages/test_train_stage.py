@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from cxrexplain import tracking
 from cxrexplain.config import validate
 from cxrexplain.errors import CxrError
+from cxrexplain.models.module import read_checkpoint
 from cxrexplain.stages import train
 from tinydata import write_tiny_dataset
 
@@ -111,7 +112,7 @@ def test_same_params_and_seed_give_the_same_val_metrics(project):
     for name in ("best.ckpt", "last.ckpt"):  # no absolute path inside: the same bytes (and DVC hash) in any folder
         a, b = (project / d / "densenet121" / name for d in ("a", "b"))
         assert a.read_bytes() == b.read_bytes(), name
-    state = torch.load(project / "a" / "densenet121" / "best.ckpt", map_location="cpu", weights_only=False)
+    state = read_checkpoint(project / "a" / "densenet121" / "best.ckpt")
     saved = next(v for k, v in state["callbacks"].items() if k.startswith("PortableCheckpoint"))
     assert saved["dirpath"] == "." and saved["best_model_path"] == "best.ckpt"
 

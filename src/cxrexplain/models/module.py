@@ -122,9 +122,55 @@ class PneumoniaClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> PneumoniaClassifier:
-    """A training checkpoint's module on ``device``; a truncated or foreign file is a :class:`CxrError` naming it."""
+def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file's contents, read weights-only: the one place the project reads a checkpoint.
+
+    ``torch.load(..., weights_only=True)`` is passed explicitly, so torch's ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    (which overrides only a call that leaves ``weights_only`` unset) cannot turn it into a full unpickling. A file
+    that needs pickled objects (which could run code when loaded), a truncated or foreign file, or one without a
+    ``state_dict`` and ``hyper_parameters`` is a :class:`CxrError` naming it.
+    """
     try:
-        return PneumoniaClassifier.load_from_checkpoint(path, map_location=device)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CxrError(f"{path}: checkpoint not found") from None
     except Exception as error:
-        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {error})") from None
+        text = str(error)
+        if "WeightsUnpickler error:" in text:  # keep torch's reason, not its advice to allowlist or unpickle
+            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split(". Please")[0]
+        reason = f"{type(error).__name__}: {' '.join(text.split())[:300]}"
+        if "Unsupported global" in text:
+            raise CxrError(
+                f"{path}: refused: it needs pickled objects beyond tensors and plain values, which could run code "
+                f"when loaded; it is not a cxrexplain checkpoint ({reason})"
+            ) from None
+        raise CxrError(f"{path}: not a cxrexplain checkpoint, or truncated ({reason})") from None
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+        and isinstance(checkpoint.get("hyper_parameters"), dict)
+        and "arch" in checkpoint["hyper_parameters"]
+    ):
+        raise CxrError(f"{path}: not a cxrexplain training checkpoint (no state_dict and hyper_parameters with arch)")
+    return checkpoint
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> PneumoniaClassifier:
+    """A training checkpoint's module, in eval mode on ``device``, built without any download.
+
+    The architecture is built empty (``pretrained="none"``) from the checkpoint's hyper-parameters and then given the
+    checkpoint's own weights (strictly), so neither ImageNet weights nor the ``model.pretrained`` file it was trained
+    from are needed. ``hparams`` keep the checkpoint's values (``pretrained`` included). A truncated, foreign or unsafe
+    file is a :class:`CxrError` naming it.
+    """
+    checkpoint = read_checkpoint(path, map_location="cpu")
+    hparams = dict(checkpoint["hyper_parameters"])
+    try:
+        module = PneumoniaClassifier(**{**hparams, "pretrained": "none"})
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (TypeError, ValueError, KeyError, RuntimeError, CxrError) as error:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {first})") from None
+    module.hparams.update(hparams)  # e.g. pretrained: imagenet, as trained
+    module.on_load_checkpoint(checkpoint)
+    return module.to(device).eval()

@@ -29,7 +29,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import write_csv, write_json
 from cxrexplain.logs import route_library_logs
-from cxrexplain.models.module import PneumoniaClassifier
+from cxrexplain.models.module import PneumoniaClassifier, load_checkpoint, read_checkpoint
 
 log = logging.getLogger("cxrexplain.train")
 route_library_logs()
@@ -125,6 +125,8 @@ def run(
     out = Path(models_dir) / arch
     last = out / "last.ckpt"
     resuming = (resume or t.resume) and last.is_file()
+    if resuming:
+        read_checkpoint(last)  # refuses, naming the file, a checkpoint that needs pickled objects (or is truncated)
     if rank_zero_only.rank == 0 and not resuming:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,8 @@ def run(
         tracking.write_run_ref(ref_path, logger.run_id, uri, logger.experiment_id)
         if resuming:
             log.info("resuming %s from %s", arch, last)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+    # explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD overrides only an unset one
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None, weights_only=True)
     if not trainer.is_global_zero:
         return None
     return _finish(params, arch, trainer, checkpoint, dm, out, Path(metrics_dir), logger, uri)
@@ -219,7 +222,7 @@ def _finish(
     best_path = Path(checkpoint.best_model_path)
     if not best_path.is_file():
         raise CxrError(f"train@{arch}: no best checkpoint was written in {out}")
-    best = PneumoniaClassifier.load_from_checkpoint(best_path, map_location="cpu")
+    best = load_checkpoint(best_path, "cpu")
     device = torch.device("cpu")
     frames = []
     for split in ("val", "test"):
@@ -244,7 +247,7 @@ def _finish(
         "arch": arch,
         "source": params.data.source,
         "epochs": int(trainer.current_epoch),
-        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]),
+        "best_epoch": int(read_checkpoint(best_path)["epoch"]),
         "best_val_loss": float(checkpoint.best_model_score),
         "val": scores["val"],
         "test": scores["test"],
