@@ -32,8 +32,35 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+SUPPORTED_SCHEMES = ("sqlite:///", "http://", "https://")
+# MLflow's HTTP client retries a failing server for minutes by default (7 retries, backoff factor 2: about 8.5 min);
+# a run here fails within about half a minute instead, with a message that says what to do.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_retries() -> None:
+    """Cap MLflow's HTTP retries (unless the user set them): a dead server costs seconds, not minutes."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_uri(uri: str) -> None:
+    """A tracking URI this project can use: ``sqlite:///<file>`` or an ``http(s)://`` server; else a CxrError."""
+    if not uri.startswith(SUPPORTED_SCHEMES):
+        raise CxrError(
+            f"MLFLOW_TRACKING_URI={uri!r}: not supported; use sqlite:///<file> (the default is {DEFAULT_URI}) or "
+            "http(s)://<server>"
+        )
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer its health check."""
+    """Fail fast, naming the URI, when it is not supported or a tracking server does not answer its health check."""
+    check_uri(uri)
+    bound_retries()
     if not uri.startswith(("http://", "https://")):
         return
     health = uri.rstrip("/") + "/health"
@@ -138,9 +165,37 @@ def write_run_ref(path: Path, run_id: str, uri: str, experiment_id: str) -> None
 
 def read_run_ref(path: Path) -> dict[str, str]:
     try:
-        return json.loads(Path(path).read_text())
+        ref = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CxrError(f"{path}: not found; run the train stage first (dvc repro train)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CxrError(f"{path}: not a run reference (not JSON); re-run the train stage") from None
+    if not isinstance(ref, dict) or not {"run_id", "tracking_uri"} <= set(ref):
+        raise CxrError(f"{path}: not a run reference (needs run_id and tracking_uri); re-run the train stage")
+    return ref
+
+
+def require_run(path: Path) -> dict[str, str]:
+    """The run reference at ``path``, checked *before* a stage's work: the store answers and holds the run.
+
+    After ``dvc pull`` on another machine the reference names a run of a store that is not there; the stage then
+    stops at once with what to do instead of failing after its work.
+    """
+    ref = read_run_ref(path)
+    uri = ref["tracking_uri"]
+    check_reachable(uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).get_run(ref["run_id"])
+    except MlflowException:
+        raise CxrError(
+            f"{path}: MLflow run {ref['run_id']} is not in the tracking store {uri} (models made on another machine, "
+            "or the store was reset); point MLFLOW_TRACKING_URI at the store that has it, or re-run the train stage "
+            "here (dvc repro --force train)"
+        ) from None
+    return ref
 
 
 def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None, uri: str | None = None) -> None:

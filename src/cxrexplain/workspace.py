@@ -1,0 +1,225 @@
+"""Every artefact of the pipeline by name, and the checks and atomic outputs the stages use.
+
+No other module spells a pipeline path: a stage asks its :class:`Workspace` for ``ws.model(arch).best`` or
+``ws.explain(arch).maps``, checks its inputs with :meth:`Workspace.require` (a missing or incomplete input is a
+:class:`~cxrexplain.errors.CxrError` naming the file and the stage that makes it) and writes through
+:meth:`Workspace.output` (a uniquely named temporary folder renamed onto the output when the stage succeeds).
+``dvc.yaml`` names the same paths; ``tests/test_workspace.py`` checks that the two agree.
+
+Layout, relative to the repository root (``Workspace(root)`` moves all of it, as the tests do)::
+
+    data/raw/                  the NIH mirror (download)
+    data/cache/                images.npy, index.csv, rejects.csv (sample)
+    data/split.csv             (split)
+    models/<arch>/             best.ckpt, last.ckpt, predictions.csv, history.csv, mlflow_run.json (train@arch)
+    explain/<arch>/            per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries (explain@arch)
+    explain/consistency.csv    (consistency)
+    metrics/                   sample.json, split.json, train/<arch>.json, explain/<arch>.json, explain/consistency.json
+    reports/                   report.md, report.html, metrics.json, figures/, plots/ (report)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxrexplain.errors import CxrError
+from cxrexplain.io import atomic_dir, atomic_file
+
+
+@dataclass(frozen=True)
+class CacheFiles:
+    """``data/cache/``: the cohort's decoded images and their index (stage ``sample``)."""
+
+    dir: Path
+    images: Path = field(init=False)
+    index: Path = field(init=False)
+    rejects: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", self.dir / "images.npy")
+        object.__setattr__(self, "index", self.dir / "index.csv")
+        object.__setattr__(self, "rejects", self.dir / "rejects.csv")
+
+    @property
+    def complete(self) -> tuple[Path, ...]:
+        return (self.images, self.index, self.rejects)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """``models/<arch>/``: one trained backbone (stage ``train@<arch>``)."""
+
+    dir: Path
+    best: Path = field(init=False)
+    last: Path = field(init=False)
+    predictions: Path = field(init=False)
+    history: Path = field(init=False)
+    run_ref: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, file in (
+            ("best", "best.ckpt"),
+            ("last", "last.ckpt"),
+            ("predictions", "predictions.csv"),
+            ("history", "history.csv"),
+            ("run_ref", "mlflow_run.json"),
+        ):
+            object.__setattr__(self, name, self.dir / file)
+
+    @property
+    def complete(self) -> tuple[Path, ...]:
+        """What a finished training leaves (``last.ckpt`` too: a later ``--resume`` needs it)."""
+        return (self.best, self.last, self.predictions, self.history, self.run_ref)
+
+
+@dataclass(frozen=True)
+class ExplainFiles:
+    """``explain/<arch>/``: explanations and their measures (stage ``explain@<arch>``)."""
+
+    dir: Path
+    per_image: Path = field(init=False)
+    summary: Path = field(init=False)
+    paired: Path = field(init=False)
+    sanity_curve: Path = field(init=False)
+    sanity: Path = field(init=False)
+    data_randomisation: Path = field(init=False)
+    maps: Path = field(init=False)
+    methods_figure: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, file in (
+            ("per_image", "per_image.csv"),
+            ("summary", "summary.csv"),
+            ("paired", "paired.csv"),
+            ("sanity_curve", "sanity_curve.csv"),
+            ("sanity", "sanity.csv"),
+            ("data_randomisation", "data_randomisation.csv"),
+            ("maps", "maps.npz"),
+            ("methods_figure", "methods.png"),
+        ):
+            object.__setattr__(self, name, self.dir / file)
+
+    def gallery(self, method: str) -> Path:
+        return self.dir / f"gallery_{method}.png"
+
+    @property
+    def tables(self) -> tuple[Path, ...]:
+        """The CSV tables (``data_randomisation.csv`` only when that test ran)."""
+        return (self.per_image, self.summary, self.paired, self.sanity, self.sanity_curve, self.data_randomisation)
+
+    @property
+    def complete(self) -> tuple[Path, ...]:
+        return (self.per_image, self.summary, self.paired, self.sanity_curve, self.sanity, self.maps)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """``reports/``: the document, its figures, its metrics and DVC's plot data (stage ``report``)."""
+
+    dir: Path
+    markdown: Path = field(init=False)
+    html: Path = field(init=False)
+    metrics: Path = field(init=False)
+    figures: Path = field(init=False)
+    plots: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, file in (
+            ("markdown", "report.md"),
+            ("html", "report.html"),
+            ("metrics", "metrics.json"),
+            ("figures", "figures"),
+            ("plots", "plots"),
+        ):
+            object.__setattr__(self, name, self.dir / file)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The pipeline's files under ``root`` (the repository root by default)."""
+
+    root: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ------------------------------------------------------------------------------------------------- inputs, data
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def cache(self) -> CacheFiles:
+        return CacheFiles(self.root / "data" / "cache")
+
+    @property
+    def split(self) -> Path:
+        return self.root / "data" / "split.csv"
+
+    # ------------------------------------------------------------------------------------------ models, explanations
+    def model(self, arch: str) -> ModelFiles:
+        return ModelFiles(self.root / "models" / arch)
+
+    def explain(self, arch: str) -> ExplainFiles:
+        return ExplainFiles(self.root / "explain" / arch)
+
+    @property
+    def consistency(self) -> Path:
+        return self.root / "explain" / "consistency.csv"
+
+    # ---------------------------------------------------------------------------------------------- metrics, report
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def stage_metrics(self, stage: str, arch: str | None = None) -> Path:
+        """``metrics/<stage>.json``, or ``metrics/<stage>/<arch>.json`` for a per-architecture stage."""
+        return self.metrics / (f"{stage}.json" if arch is None else f"{stage}/{arch}.json")
+
+    @property
+    def consistency_metrics(self) -> Path:
+        return self.metrics / "explain" / "consistency.json"
+
+    @property
+    def report(self) -> ReportFiles:
+        return ReportFiles(self.root / "reports")
+
+    # ---------------------------------------------------------------------------------------------------- checking
+    @staticmethod
+    def require(paths: Iterable[Path], *, needed_by: str, made_by: str) -> None:
+        """Every path exists; else one :class:`CxrError` listing the missing ones and the stage that writes them.
+
+        Outputs are written whole (:meth:`output`), so a present folder is a complete one; the list still names each
+        file a reader needs, which also catches an output of an older version of the stage.
+        """
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        if missing:
+            raise CxrError(
+                f"{needed_by}: missing input {', '.join(missing)} (not made yet, or made by an older version); "
+                f"run `dvc repro {made_by}` first"
+            )
+
+    # ----------------------------------------------------------------------------------------------------- writing
+    @staticmethod
+    @contextmanager
+    def output(path: Path) -> Iterator[Path]:
+        """A fresh, uniquely named temporary folder beside ``path``, renamed onto ``path`` when the block succeeds.
+
+        On an error (or a kill) the old ``path`` stays as it was and the temporary folder is removed (or, after a
+        kill, left as ``.<name>.<random>.part``, which no reader trusts).
+        """
+        with atomic_dir(path) as tmp:
+            yield tmp
+
+    @staticmethod
+    @contextmanager
+    def output_file(path: Path) -> Iterator[Path]:
+        """A unique temporary file beside ``path``, renamed onto it when the block succeeds."""
+        with atomic_file(path) as tmp:
+            yield tmp
+
+
+__all__ = ["CacheFiles", "ExplainFiles", "ModelFiles", "ReportFiles", "Workspace"]
