@@ -71,13 +71,39 @@ def test_invalid_params_name_the_key(raw, fragment):
     assert str(info.value).startswith("params.yaml: invalid parameters")
 
 
-def test_measure_names_are_the_registry():
-    from cxrexplain.config import MEASURE_NAMES, SANITY_MODES
+def test_allowed_names_come_from_the_registries(monkeypatch):
+    """One source of truth: the config's names are the registries' keys (adding an entry is enough)."""
+    from cxrexplain import config
+    from cxrexplain.explain.attributions import ATTRIBUTION_METHODS
+    from cxrexplain.explain.cam import CAM_METHODS
     from cxrexplain.explain.measures.registry import MEASURES
     from cxrexplain.explain.measures.sanity import MODES
+    from cxrexplain.models.backbones import BACKBONES
 
-    assert tuple(MEASURES) == MEASURE_NAMES
-    assert tuple(MODES) == SANITY_MODES
+    assert tuple(MEASURES) == config.MEASURE_NAMES
+    assert tuple(MODES) == config.SANITY_MODES
+    assert tuple(CAM_METHODS) == config.CAM_NAMES
+    assert tuple(ATTRIBUTION_METHODS) == config.ATTRIBUTION_NAMES
+    assert tuple(BACKBONES) == config.ARCHS
+    assert Params().explain.cams == tuple(CAM_METHODS)  # the default explains with every registered CAM
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"train": {"lr": float("nan")}}, "train.lr"),
+        ({"train": {"lr": float("inf")}}, "train.lr"),
+        ({"model": {"dropout": float("nan")}}, "model.dropout"),
+        ({"data": {"retry": {"backoff_s": float("inf")}}}, "data.retry.backoff_s"),
+        ({"train": {"pos_weight": float("nan")}}, "train.pos_weight"),
+    ],
+)
+def test_inf_and_nan_are_refused(raw, key):
+    # ``lr: .nan`` passed every ``gt=0`` check (NaN compares false) and trained to "val AUROC 0.548"
+    with pytest.raises(CxrError) as info:
+        validate(raw, "params.yaml")
+    message = str(info.value)
+    assert f"\n  {key}" in message and "Input should be a finite number" in message
 
 
 def test_all_errors_are_reported_at_once():

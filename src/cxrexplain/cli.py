@@ -69,8 +69,8 @@ def synth(
     """Generate a synthetic NIH-format mirror (NOT medical data): 12 tarballs, the NIH CSVs and lists, MD5SUMS."""
     from cxrexplain.data.synth import index_from_metadata, synth_index, write_mirror
 
-    if size < 32:
-        raise CxrError(f"--size: at least 32 pixels, got {size}")
+    if not 32 <= size <= 2048:
+        raise CxrError(f"--size: between 32 and 2048 pixels (NIH: 1024), got {size}")
     if from_metadata is not None:
         index = index_from_metadata(from_metadata, bbox, patients=subset, seed=seed, test_list=test_list)
     else:

@@ -18,38 +18,31 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrexplain.errors import CxrError
+from cxrexplain.explain.attributions import ATTRIBUTION_METHODS
+from cxrexplain.explain.cam import CAM_METHODS
+from cxrexplain.explain.measures.registry import MEASURES
+from cxrexplain.explain.measures.sanity import MODES
+from cxrexplain.models.backbones import BACKBONES
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES_DIR = Path("profiles")
 
-# Fixed locations of the pipeline's files (relative to the repository root); dvc.yaml names the same paths.
-RAW_DIR = Path("data/raw")
-CACHE_DIR = Path("data/cache")
-SPLIT_FILE = Path("data/split.csv")
-METRICS_DIR = Path("metrics")
-MODELS_DIR = Path("models")
-EXPLAIN_DIR = Path("explain")
-ARCHS = ("resnet50", "densenet121")
-CAM_NAMES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
-ATTRIBUTION_NAMES = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
-# the per-image measures of explain/measures/__init__.py's registry (tests/test_config.py checks they agree)
-MEASURE_NAMES = (
-    "pointing",
-    "energy",
-    "iou",
-    "otsu_iou",
-    "box_level",
-    "deletion_insertion",
-    "confidence",
-    "road",
-    "sparseness",
-    "complexity",
-)
-SANITY_MODES = ("top_down", "bottom_up", "independent")
+# Allowed names come from the registries themselves (one source of truth: adding a backbone, a CAM method, an
+# attribution method or a measure is one registry entry, and the config accepts it).
+ARCHS = tuple(BACKBONES)
+# the largest network input side accepted anywhere (train.image_size, explain-image --size, a checkpoint's size):
+# 1024 px is NIH's full resolution; a 100,000 px request would be killed for memory instead of refused
+MAX_INPUT_SIDE = 1024
+MIN_INPUT_SIDE = 32
+CAM_NAMES = tuple(CAM_METHODS)
+ATTRIBUTION_NAMES = tuple(ATTRIBUTION_METHODS)
+MEASURE_NAMES = tuple(MEASURES)
+SANITY_MODES = tuple(MODES)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: ``lr: .nan`` or ``dropout: .inf`` is refused like any other impossible value
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RetryParams(_Section):
@@ -134,7 +127,9 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    image_size: int = Field(224, ge=32, le=1024, description="network input side (cache images are resized to it)")
+    image_size: int = Field(
+        224, ge=MIN_INPUT_SIDE, le=MAX_INPUT_SIDE, description="network input side (cache images are resized to it)"
+    )
     batch_size: int = Field(32, ge=1, description="images per step and device")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate")
     max_epochs: int = Field(30, ge=1, description="upper bound on epochs")
@@ -301,8 +296,32 @@ def _yaml_to_model(raw: Any) -> Any:
     return raw
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently, so ``lr: 0.1`` further down a file would override an ``lr`` the reader saw first)."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r} (first given at line {seen[key].line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing file or a syntax error is a :class:`CxrError` naming the file (and line)."""
+    """Parse a YAML file; a missing file, a syntax error or a duplicate key is a :class:`CxrError` naming the file
+    (and line)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
@@ -310,7 +329,7 @@ def read_yaml(path: Path) -> Any:
             f"{path}: file not found (run from the repository root, or render it: cxrexplain params)"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
         raise CxrError(f"{path}: not valid YAML: {error}") from None
     return {} if data is None else data

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrexplain.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from cxrexplain.data.datamodule import eval_transform
 from cxrexplain.data.sample import to_gray8
 from cxrexplain.errors import CxrError
@@ -47,6 +48,8 @@ def explain_file(
         raise CxrError(f"--method {method!r}: unknown (available: {', '.join(known)})")
     if explain_class not in ("predicted", "pneumonia", "no-finding"):
         raise CxrError(f"--class {explain_class!r}: expected predicted, pneumonia or no-finding")
+    if size is not None and not MIN_INPUT_SIDE <= size <= MAX_INPUT_SIDE:
+        raise CxrError(f"--size {size}: must be between {MIN_INPUT_SIDE} and {MAX_INPUT_SIDE} pixels")
     if not checkpoint.is_file():
         raise CxrError(f"{checkpoint}: checkpoint not found")
     try:
@@ -57,6 +60,10 @@ def explain_file(
     side = size or module.hparams.get("image_size")
     if not side:
         raise CxrError(f"{checkpoint}: records no training image size; pass --size")
+    if not isinstance(side, int) or not MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE:
+        raise CxrError(
+            f"{checkpoint}: records image size {side!r}, outside {MIN_INPUT_SIDE}..{MAX_INPUT_SIDE} pixels; pass --size"
+        )
     try:
         gray, _ = to_gray8(data, int(side))
     except Exception as error:

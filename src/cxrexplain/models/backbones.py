@@ -39,6 +39,9 @@ class BackboneSpec:
     cut: Callable[[nn.Module], tuple[nn.Module, int]]  # torchvision model -> (features incl. target layer, channels)
     first_conv: Callable[[nn.Module], str]  # dotted name of the first convolution inside the torchvision model
     target_layer: str  # human-readable name of the CAM layer, for reports
+    # the blocks of ``Classifier.features`` for the sanity checks' cascading randomisation, output first (the head
+    # comes before them); together with the head they hold every parameter of the model
+    blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]]
 
 
 def _resnet_cut(model: nn.Module) -> tuple[nn.Module, int]:
@@ -54,6 +57,31 @@ def _densenet_cut(model: nn.Module) -> tuple[nn.Module, int]:
     return nn.Sequential(model.features, nn.ReLU(inplace=False)), model.classifier.in_features
 
 
+def _resnet_blocks(f: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``layer4``, ``layer3``, ``layer2``, ``layer1``, ``stem`` (conv1 + bn1)."""
+    return [
+        ("layer4", f[7]),
+        ("layer3", f[6]),
+        ("layer2", f[5]),
+        ("layer1", f[4]),
+        ("stem", nn.ModuleList([f[0], f[1]])),
+    ]
+
+
+def _densenet_blocks(features: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A stage is its dense block with the transition that feeds it: ``denseblock4`` (transition3, denseblock4,
+    norm5), ``denseblock3`` (transition2, denseblock3), ``denseblock2`` (transition1, denseblock2), ``denseblock1``,
+    ``stem`` (conv0 + norm0)."""
+    d = features[0]
+    return [
+        ("denseblock4", nn.ModuleList([d.transition3, d.denseblock4, d.norm5])),
+        ("denseblock3", nn.ModuleList([d.transition2, d.denseblock3])),
+        ("denseblock2", nn.ModuleList([d.transition1, d.denseblock2])),
+        ("denseblock1", d.denseblock1),
+        ("stem", nn.ModuleList([d.conv0, d.norm0])),
+    ]
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
         "resnet50",
@@ -62,6 +90,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         _resnet_cut,
         lambda m: "conv1",
         "layer4 (output)",
+        _resnet_blocks,
     ),
     "densenet121": BackboneSpec(
         "densenet121",
@@ -70,6 +99,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         _densenet_cut,
         lambda m: "features.conv0",
         "features.norm5 + ReLU (output)",
+        _densenet_blocks,
     ),
 }
 

@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrexplain.config import ARCHS, EXPLAIN_DIR, METRICS_DIR, Params
+from cxrexplain.config import ARCHS, Params
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.evaluate import MAPS_FILE, PNEUMONIA, consistency_table
 from cxrexplain.explain.measures.statistics import summarise
 from cxrexplain.io import write_csv, write_json
+from cxrexplain.workspace import Workspace
+
+EXPLAIN_DIR = Workspace().consistency.parent  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
 
 
 def run(

@@ -10,12 +10,15 @@ import json
 import logging
 from pathlib import Path
 
-from cxrexplain.config import RAW_DIR, Params
+from cxrexplain.config import Params
 from cxrexplain.data import layout, metadata
 from cxrexplain.data.download import RemoteFile, RetryPolicy, fetch_all, md5_file, resolve_sources
 from cxrexplain.data.synth import read_manifest, synth_index, write_mirror
 from cxrexplain.errors import CxrError
 from cxrexplain.io import write_json
+from cxrexplain.workspace import Workspace
+
+RAW_DIR = Workspace().raw  # the workspace's path
 
 log = logging.getLogger("cxrexplain.download")
 

@@ -20,15 +20,7 @@ import pandas as pd
 import torch
 
 from cxrexplain import tracking
-from cxrexplain.config import (
-    ARCHS,
-    CACHE_DIR,
-    EXPLAIN_DIR,
-    METRICS_DIR,
-    MODELS_DIR,
-    SPLIT_FILE,
-    Params,
-)
+from cxrexplain.config import ARCHS, Params
 from cxrexplain.data.datamodule import eval_transform, read_split
 from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
@@ -55,6 +47,13 @@ from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
 from cxrexplain.models.module import load_checkpoint
 from cxrexplain.models.permuted import train_on_permuted_labels
 from cxrexplain.progress import item_progress
+from cxrexplain.workspace import Workspace
+
+CACHE_DIR = Workspace().cache.dir  # the workspace's path
+EXPLAIN_DIR = Workspace().consistency.parent  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
+MODELS_DIR = Workspace().model("_").dir.parent  # the workspace's path
+SPLIT_FILE = Workspace().split  # the workspace's path
 
 log = logging.getLogger(__name__)
 

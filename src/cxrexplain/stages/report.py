@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrexplain import tracking
-from cxrexplain.config import ARCHS, EXPLAIN_DIR, METRICS_DIR, MODELS_DIR, Params
+from cxrexplain.config import ARCHS, Params
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import figures
@@ -28,6 +28,11 @@ from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import write_csv, write_json, write_text
+from cxrexplain.workspace import Workspace
+
+EXPLAIN_DIR = Workspace().consistency.parent  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
+MODELS_DIR = Workspace().model("_").dir.parent  # the workspace's path
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from cxrexplain.config import CACHE_DIR, METRICS_DIR, RAW_DIR, Params
+from cxrexplain.config import Params
 from cxrexplain.data import layout, metadata
 from cxrexplain.data.sample import REJECTS_FILE, build_cache, select_cohort
 from cxrexplain.io import atomic_dir, write_json
+from cxrexplain.workspace import Workspace
+
+CACHE_DIR = Workspace().cache.dir  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
+RAW_DIR = Workspace().raw  # the workspace's path
 
 log = logging.getLogger("cxrexplain.sample")
 

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrexplain.config import CACHE_DIR, METRICS_DIR, RAW_DIR, SPLIT_FILE, Params
+from cxrexplain.config import Params
 from cxrexplain.data import layout, metadata
 from cxrexplain.data.sample import INDEX_FILE
 from cxrexplain.data.split import assign_splits, leakage, split_summary
 from cxrexplain.errors import CxrError
 from cxrexplain.io import write_csv, write_json
+from cxrexplain.workspace import Workspace
+
+CACHE_DIR = Workspace().cache.dir  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
+RAW_DIR = Workspace().raw  # the workspace's path
+SPLIT_FILE = Workspace().split  # the workspace's path
 
 log = logging.getLogger("cxrexplain.split")
 

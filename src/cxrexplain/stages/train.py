@@ -23,13 +23,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cxrexplain import tracking
-from cxrexplain.config import ARCHS, CACHE_DIR, METRICS_DIR, MODELS_DIR, SPLIT_FILE, Params
+from cxrexplain.config import ARCHS, Params
 from cxrexplain.data.datamodule import Augment, CxrDataModule
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import write_csv, write_json
 from cxrexplain.logs import route_library_logs
 from cxrexplain.models.module import PneumoniaClassifier, load_checkpoint, read_checkpoint
+from cxrexplain.workspace import Workspace
+
+CACHE_DIR = Workspace().cache.dir  # the workspace's path
+METRICS_DIR = Workspace().metrics  # the workspace's path
+MODELS_DIR = Workspace().model("_").dir.parent  # the workspace's path
+SPLIT_FILE = Workspace().split  # the workspace's path
 
 log = logging.getLogger("cxrexplain.train")
 route_library_logs()

@@ -36,6 +36,7 @@ from torch import nn
 from cxrexplain.explain.attributions import seeded
 from cxrexplain.explain.cam import normalise
 from cxrexplain.explain.measures.consistency import rank_correlation
+from cxrexplain.models.backbones import BACKBONES
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``explain_fn(model, images (B, 1, H, W), classes (B,)) -> signed raw maps (B, H, W)`` (or (M·B, H, W), see
@@ -64,37 +65,19 @@ SSIM_K2 = 0.03
 def randomisation_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks of a :class:`~cxrexplain.models.backbones.Classifier`, output first, for cascading randomisation.
 
-    - always first: ``head`` (pooling, the two linear layers);
-    - ResNet-50: ``layer4``, ``layer3``, ``layer2``, ``layer1``, ``stem`` (conv1 + bn1);
-    - DenseNet-121 (a stage is its dense block with the transition that feeds it): ``denseblock4`` (transition3,
-      denseblock4, norm5), ``denseblock3`` (transition2, denseblock3), ``denseblock2`` (transition1, denseblock2),
-      ``denseblock1``, ``stem`` (conv0 + norm0);
-    - any other ``features``: its children with parameters, last first, named ``features.<child>``.
-
-    Every parameter of the model belongs to exactly one block.
+    Always first: ``head`` (pooling, the two linear layers); then the blocks its backbone's registry entry names
+    (:attr:`~cxrexplain.models.backbones.BackboneSpec.blocks`: for ResNet-50 ``layer4`` ... ``stem``, for
+    DenseNet-121 ``denseblock4`` ... ``stem``); for any other ``features``, its children with parameters, last first,
+    named ``features.<child>``. Every parameter of the model belongs to exactly one block.
     """
     head, features = getattr(model, "head", None), getattr(model, "features", None)
     if not isinstance(head, nn.Module) or not isinstance(features, nn.Module):
         raise ValueError("randomisation_blocks expects a model with `features` and `head` (a Classifier)")
-    blocks: list[tuple[str, nn.Module]] = [("head", head)]
-    arch = getattr(model, "arch", "")
-    if arch == "resnet50":
-        f = features
-        blocks += [("layer4", f[7]), ("layer3", f[6]), ("layer2", f[5]), ("layer1", f[4])]
-        blocks.append(("stem", nn.ModuleList([f[0], f[1]])))
-    elif arch == "densenet121":
-        d = features[0]
-        blocks += [
-            ("denseblock4", nn.ModuleList([d.transition3, d.denseblock4, d.norm5])),
-            ("denseblock3", nn.ModuleList([d.transition2, d.denseblock3])),
-            ("denseblock2", nn.ModuleList([d.transition1, d.denseblock2])),
-            ("denseblock1", d.denseblock1),
-            ("stem", nn.ModuleList([d.conv0, d.norm0])),
-        ]
-    else:
-        children = [(n, c) for n, c in features.named_children() if any(True for _ in c.parameters())]
-        blocks += [(f"features.{n}", c) for n, c in reversed(children)]
-    return blocks
+    spec = BACKBONES.get(getattr(model, "arch", ""))
+    if spec is not None:
+        return [("head", head), *spec.blocks(features)]
+    children = [(n, c) for n, c in features.named_children() if any(True for _ in c.parameters())]
+    return [("head", head), *((f"features.{n}", c) for n, c in reversed(children))]
 
 
 def reinitialise(module: nn.Module, seed: int) -> None:
