@@ -24,24 +24,32 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from cxrexplain.errors import CxrError
 from cxrexplain.io import atomic_dir, atomic_file
 
 
 @dataclass(frozen=True)
-class CacheFiles:
-    """``data/cache/``: the cohort's decoded images and their index (stage ``sample``)."""
+class _Folder:
+    """A folder of named files: each subclass maps its attributes to file names once, in ``FILES``."""
 
     dir: Path
+    FILES: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        for attribute, name in self.FILES.items():
+            object.__setattr__(self, attribute, self.dir / name)
+
+
+@dataclass(frozen=True)
+class CacheFiles(_Folder):
+    """``data/cache/``: the cohort's decoded images and their index (stage ``sample``)."""
+
+    FILES: ClassVar[dict[str, str]] = {"images": "images.npy", "index": "index.csv", "rejects": "rejects.csv"}
     images: Path = field(init=False)
     index: Path = field(init=False)
     rejects: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "images", self.dir / "images.npy")
-        object.__setattr__(self, "index", self.dir / "index.csv")
-        object.__setattr__(self, "rejects", self.dir / "rejects.csv")
 
     @property
     def complete(self) -> tuple[Path, ...]:
@@ -49,25 +57,21 @@ class CacheFiles:
 
 
 @dataclass(frozen=True)
-class ModelFiles:
+class ModelFiles(_Folder):
     """``models/<arch>/``: one trained backbone (stage ``train@<arch>``)."""
 
-    dir: Path
+    FILES: ClassVar[dict[str, str]] = {
+        "best": "best.ckpt",
+        "last": "last.ckpt",
+        "predictions": "predictions.csv",
+        "history": "history.csv",
+        "run_ref": "mlflow_run.json",
+    }
     best: Path = field(init=False)
     last: Path = field(init=False)
     predictions: Path = field(init=False)
     history: Path = field(init=False)
     run_ref: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        for name, file in (
-            ("best", "best.ckpt"),
-            ("last", "last.ckpt"),
-            ("predictions", "predictions.csv"),
-            ("history", "history.csv"),
-            ("run_ref", "mlflow_run.json"),
-        ):
-            object.__setattr__(self, name, self.dir / file)
 
     @property
     def complete(self) -> tuple[Path, ...]:
@@ -76,10 +80,19 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
-class ExplainFiles:
+class ExplainFiles(_Folder):
     """``explain/<arch>/``: explanations and their measures (stage ``explain@<arch>``)."""
 
-    dir: Path
+    FILES: ClassVar[dict[str, str]] = {
+        "per_image": "per_image.csv",
+        "summary": "summary.csv",
+        "paired": "paired.csv",
+        "sanity_curve": "sanity_curve.csv",
+        "sanity": "sanity.csv",
+        "data_randomisation": "data_randomisation.csv",
+        "maps": "maps.npz",
+        "methods_figure": "methods.png",
+    }
     per_image: Path = field(init=False)
     summary: Path = field(init=False)
     paired: Path = field(init=False)
@@ -88,19 +101,6 @@ class ExplainFiles:
     data_randomisation: Path = field(init=False)
     maps: Path = field(init=False)
     methods_figure: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        for name, file in (
-            ("per_image", "per_image.csv"),
-            ("summary", "summary.csv"),
-            ("paired", "paired.csv"),
-            ("sanity_curve", "sanity_curve.csv"),
-            ("sanity", "sanity.csv"),
-            ("data_randomisation", "data_randomisation.csv"),
-            ("maps", "maps.npz"),
-            ("methods_figure", "methods.png"),
-        ):
-            object.__setattr__(self, name, self.dir / file)
 
     def gallery(self, method: str) -> Path:
         return self.dir / f"gallery_{method}.png"
@@ -116,25 +116,21 @@ class ExplainFiles:
 
 
 @dataclass(frozen=True)
-class ReportFiles:
+class ReportFiles(_Folder):
     """``reports/``: the document, its figures, its metrics and DVC's plot data (stage ``report``)."""
 
-    dir: Path
+    FILES: ClassVar[dict[str, str]] = {
+        "markdown": "report.md",
+        "html": "report.html",
+        "metrics": "metrics.json",
+        "figures": "figures",
+        "plots": "plots",
+    }
     markdown: Path = field(init=False)
     html: Path = field(init=False)
     metrics: Path = field(init=False)
     figures: Path = field(init=False)
     plots: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        for name, file in (
-            ("markdown", "report.md"),
-            ("html", "report.html"),
-            ("metrics", "metrics.json"),
-            ("figures", "figures"),
-            ("plots", "plots"),
-        ):
-            object.__setattr__(self, name, self.dir / file)
 
 
 @dataclass(frozen=True)
