@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from rich.progress import Progress
 
+from cxrexplain.data import layout
 from cxrexplain.data.download import (
     RemoteFile,
     RetryPolicy,
@@ -25,6 +26,8 @@ from cxrexplain.errors import CxrError
 from httpmirror import FakeMirror
 
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, timeout_s=5.0)
+# what a dead NIH Box shared link answers, with HTTP 200
+DEAD_LINK_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box | Shared link unavailable</title></head><body>" + b" " * 600
 
 
 def _random_bytes(size: int, seed: int) -> bytes:
@@ -376,3 +379,65 @@ def test_invalid_retry_policy_is_a_user_error() -> None:
     with pytest.raises(CxrError, match="attempts"):
         RetryPolicy(attempts=0)
     assert [RetryPolicy(backoff_s=2.0, max_backoff_s=10.0).delay(k) for k in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 11. layout.content_problem: the NIH metadata files by content
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+ENTRY_ROW = "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143"
+BOX_ROW = "00013118_008.png,Atelectasis,225.08,547.01,86.77,79.18,,,"
+ENTRY_CUT = f"{layout.DATA_ENTRY_HEADER}\n{ENTRY_ROW}\n{ENTRY_ROW[:30]}"  # a transfer cut in the middle of a row
+BOX_SHORT = f"{layout.BBOX_HEADER}\n{BOX_ROW.rsplit(',', 4)[0]}\n"  # no height
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        (layout.DATA_ENTRY, f"{layout.DATA_ENTRY_HEADER}\n{ENTRY_ROW}\n", None),
+        (layout.DATA_ENTRY, f"\ufeff{layout.DATA_ENTRY_HEADER}\r\n{ENTRY_ROW}\r\n\r\n", None),
+        (layout.DATA_ENTRY, DEAD_LINK_PAGE, "line 1 is '<!DOCTYPE html>', not the NIH header"),
+        (layout.DATA_ENTRY, ENTRY_CUT, "line 3 has 3 fields, the NIH"),
+        (layout.DATA_ENTRY, f"{layout.DATA_ENTRY_HEADER}\n", "no image listed"),
+        (layout.DATA_ENTRY, "", "the file is empty"),
+        (layout.BBOX_LIST, f"{layout.BBOX_HEADER}\n{BOX_ROW}\n", None),
+        (layout.BBOX_LIST, f"{layout.BBOX_HEADER}\n", None),  # a subset may have no box
+        (layout.BBOX_LIST, f"{layout.BBOX_HEADER}\n{BOX_ROW[:-3]}\n", None),  # trailing empty fields optional
+        (layout.BBOX_LIST, BOX_SHORT, "line 2 has 5 fields, the NIH file 6 (then"),
+        (layout.BBOX_LIST, f"{layout.BBOX_HEADER}\n{BOX_ROW}x\n", "line 2 has 9 fields, the NIH file 6 (then"),
+        (layout.BBOX_LIST, f"{layout.BBOX_HEADER}\nimage.png,{BOX_ROW[17:]}\n", "line 2 is 'image.png,"),
+        (layout.TEST_LIST, "00000001_000.png\n00000002_001.png\n", None),
+        (layout.TEST_LIST, "00000001_000.png\n00000002_0", "line 2 is '00000002_0'"),
+        (layout.TEST_LIST, DEAD_LINK_PAGE, "line 1 is '<!DOCTYPE html>'"),
+        (layout.TRAIN_VAL_LIST, b"00000001_000.png\n\xff\xfe\n", "line 2 is not UTF-8 text"),
+        (layout.TRAIN_VAL_LIST, "", "the file is empty"),
+        ("images_001.tar.gz", _tar_gz(1, members=1, size=10), None),
+        ("images_001.tar.gz", DEAD_LINK_PAGE, "not a gzip archive (starts with b'<!'"),
+    ],
+)
+def test_content_problem_of_nih_files(tmp_path: Path, name: str, text: str | bytes, problem: str | None) -> None:
+    found = layout.content_problem(name, _write(tmp_path / name, text))
+    assert found == problem if problem is None else found is not None and found.startswith(problem), found
+
+
+def test_release_row_counts_apply_only_when_asked(tmp_path: Path) -> None:
+    """The official files must have NIH's row counts; a mirror's subset (or the synthetic mirror) need not."""
+    names = [layout.image_name(p, 0) for p in range(1, 25_597)]
+    full = _write(tmp_path / layout.TEST_LIST, "".join(f"{n}\n" for n in names))
+    assert layout.content_problem(layout.TEST_LIST, full, release_rows=True) is None
+    cut = _write(tmp_path / "cut.txt", "".join(f"{n}\n" for n in names[:-1]))
+    assert layout.content_problem(layout.TEST_LIST, cut) is None
+    assert layout.content_problem(layout.TEST_LIST, cut, release_rows=True) == (
+        "25,595 rows, the NIH release has 25,596 (a truncated or different file)"
+    )
+    assert layout.NIH_METADATA_ROWS == {
+        layout.DATA_ENTRY: 112_120,
+        layout.BBOX_LIST: 984,
+        layout.TRAIN_VAL_LIST: 86_524,
+        layout.TEST_LIST: 25_596,
+    }

@@ -7,13 +7,17 @@ sampler agree by construction. Facts verified on the NIH release (Box folder ``C
   ``images/<8-digit patient>_<3-digit follow-up>.png``, sorted by image name and cut into 4,999, then
   10 × 10,000, then 7,121 images (112,120 in all);
 * ``Data_Entry_2017_v2020.csv``, ``BBox_List_2017.csv`` (3 empty trailing columns), ``train_val_list.txt`` and
-  ``test_list.txt`` (one image name per line, patient-wise).
+  ``test_list.txt`` (one image name per line, patient-wise), with 112,120, 984, 86,524 and 25,596 rows.
+
+:func:`content_problem` checks a file against these facts by its content (what a download cannot prove by an MD5).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 DATA_ENTRY = "Data_Entry_2017_v2020.csv"
 BBOX_LIST = "BBox_List_2017.csv"
@@ -67,6 +71,10 @@ LABEL_SEPARATOR = "|"
 ARCHIVE_MEMBER_DIR = "images"
 
 NIH_IMAGE_COUNT = 112_120
+# Rows of each metadata file in the NIH release (header excluded): the official lists split the 112,120 images.
+NIH_METADATA_ROWS = {DATA_ENTRY: NIH_IMAGE_COUNT, BBOX_LIST: 984, TRAIN_VAL_LIST: 86_524, TEST_LIST: 25_596}
+IMAGE_NAME_PATTERN = re.compile(r"\d{8}_\d{3}\.png")
+GZIP_MAGIC = b"\x1f\x8b"
 NIH_ARCHIVE_SIZES = (4_999,) + (10_000,) * 10 + (7_121,)
 NIH_BOX_FOLDER = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
@@ -149,3 +157,62 @@ def assign_archives(images: Sequence[str]) -> dict[str, str]:
             out[image] = archive
         start += size
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Content checks
+
+# CSV header, values a row, and at most how many fields (the extra ones empty): the header's bracketed pairs are
+# split by their commas like the rows; a box row's three trailing empty fields are allowed, not required.
+_CSV_FORMATS = {
+    DATA_ENTRY: (DATA_ENTRY_HEADER, len(DATA_ENTRY_COLUMNS), len(DATA_ENTRY_COLUMNS)),
+    BBOX_LIST: (BBOX_HEADER, len(BBOX_COLUMNS), BBOX_FIELDS),
+}
+
+
+def content_problem(name: str, path: Path, *, release_rows: bool = False) -> str | None:
+    """Why the file at ``path`` is not a valid NIH ``name``, or ``None`` when it is.
+
+    Archives (:data:`ARCHIVE_NAMES`) must start with the gzip magic bytes. The two CSVs must start with their exact
+    NIH header line (a UTF-8 byte order mark is allowed) and every further line must have the NIH number of values
+    (11; 6 in the box list, where the header's three empty trailing fields may follow) and an image name
+    (``00000001_000.png``) first; every line of the two lists must be an image name. Blank lines
+    are ignored (the readers skip them too); only the box list may have no row. With ``release_rows`` the number of
+    rows must also be the NIH release's (:data:`NIH_METADATA_ROWS`): the check for the official files, not for a
+    mirror, which may hold a subset or the synthetic mirror. Other names are not checked.
+    """
+    path = Path(path)
+    if name in ARCHIVE_NAMES:
+        with path.open("rb") as fh:
+            head = fh.read(len(GZIP_MAGIC))
+        return None if head == GZIP_MAGIC else f"not a gzip archive (starts with {head!r}, not {GZIP_MAGIC!r})"
+    if name not in NIH_METADATA_ROWS:
+        return None
+    header, values, fields = _CSV_FORMATS.get(name, (None, 0, 0))
+    rows = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                return f"line {number} is not UTF-8 text: {raw[:60]!r}"
+            if number == 1 and header is not None:
+                if line.removeprefix("\ufeff") != header:
+                    return f"line 1 is {line[:100]!r}, not the NIH header {header!r}"
+                continue
+            if not line.strip():
+                continue
+            first = line.split(",", 1)[0] if header is not None else line.strip()
+            if IMAGE_NAME_PATTERN.fullmatch(first) is None:
+                return f"line {number} is {line[:100]!r}, which does not start with an image name like 00000001_000.png"
+            cells = line.split(",")
+            if header is not None and not (values <= len(cells) <= fields and not any(cells[values:])):
+                expected = f"{values}" if values == fields else f"{values} (then up to {fields - values} empty)"
+                return f"line {number} has {len(cells)} fields, the NIH file {expected}: {line[:100]!r}"
+            rows += 1
+    if rows == 0 and name != BBOX_LIST:  # a subset may have no box, never no image
+        return "the file is empty" if path.stat().st_size == 0 else "no image listed"
+    expected = NIH_METADATA_ROWS[name]
+    if release_rows and rows != expected:
+        return f"{rows:,} rows, the NIH release has {expected:,} (a truncated or different file)"
+    return None
