@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class FakeMirror:
     fail_503_once: set[str] = field(default_factory=set)  # names answered 503 on their first request
     ignore_range: bool = False  # always 200 with the whole file
     gzip_label: bool = False  # add "Content-Encoding: gzip" (as servers do for .gz) while sending the raw bytes
+    content_types: dict[str, str] = field(default_factory=dict)  # name -> Content-Type header (none by default)
+    trickle: dict[str, list[float]] = field(default_factory=dict)  # name -> s between body bytes, one per request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, name: str) -> str:
@@ -65,6 +68,8 @@ def _make_handler(mirror: FakeMirror) -> type[BaseHTTPRequestHandler]:
                 fail = name in mirror.fail_503_once
                 mirror.fail_503_once.discard(name)
                 cut = mirror.cut_after.pop(name, None)
+                delays = mirror.trickle.get(name)
+                delay = delays.pop(0) if delays else None
             if fail:
                 return self._reply(record, 503, b"busy")
             if name not in mirror.files:
@@ -74,14 +79,16 @@ def _make_handler(mirror: FakeMirror) -> type[BaseHTTPRequestHandler]:
                 i = len(data) // 2
                 data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
             extra: dict[str, str] = {"Content-Encoding": "gzip"} if mirror.gzip_label else {}
+            if name in mirror.content_types:
+                extra["Content-Type"] = mirror.content_types[name]
             wanted = self.headers.get("Range")
             if wanted and not mirror.ignore_range:
                 start = int(wanted.removeprefix("bytes=").rstrip("-"))
                 if start >= len(data):
                     return self._reply(record, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
                 extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-                return self._reply(record, 206, data[start:], extra, cut)
-            return self._reply(record, 200, data, extra, cut)
+                return self._reply(record, 206, data[start:], extra, cut, delay)
+            return self._reply(record, 200, data, extra, cut, delay)
 
         def _reply(
             self,
@@ -90,6 +97,7 @@ def _make_handler(mirror: FakeMirror) -> type[BaseHTTPRequestHandler]:
             body: bytes,
             headers: dict[str, str] | None = None,
             cut: int | None = None,
+            delay: float | None = None,
         ) -> None:
             record.status = status
             self.send_response(status)
@@ -98,9 +106,24 @@ def _make_handler(mirror: FakeMirror) -> type[BaseHTTPRequestHandler]:
                 self.send_header(key, value)
             self.end_headers()
             out = body if cut is None else body[:cut]
-            self.wfile.write(out)
-            self.wfile.flush()
-            record.sent = len(out)
+            if delay is None:
+                try:
+                    self.wfile.write(out)
+                    self.wfile.flush()
+                except OSError:  # the client hung up (e.g. after refusing a web page from its first bytes)
+                    self.close_connection = True
+                    return
+                record.sent = len(out)
+            else:  # one byte every `delay` seconds until done or the client hangs up
+                for i in range(len(out)):
+                    try:
+                        self.wfile.write(out[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        self.close_connection = True
+                        return
+                    record.sent = i + 1
+                    time.sleep(delay)
             if cut is not None:
                 self.close_connection = True
 

@@ -49,6 +49,10 @@ class RetryParams(_Section):
     attempts: int = Field(5, ge=1, description="tries per file before giving up")
     backoff_s: float = Field(2.0, ge=0, description="first wait between tries, doubled each time (capped at 60 s)")
     timeout_s: float = Field(60.0, gt=0, description="seconds without data before a try is abandoned")
+    min_bytes_per_s: float = Field(
+        10_000.0, ge=0, description="a try slower than this on average over speed_window_s is abandoned (0: never)"
+    )
+    speed_window_s: float = Field(60.0, gt=0, description="seconds over which the speed is averaged")
 
 
 class SyntheticParams(_Section):

@@ -8,24 +8,27 @@ import logging
 import random
 import socket
 import tarfile
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from rich.progress import Progress
 
+from cxrexplain.config import RetryParams, validate
 from cxrexplain.data import layout
 from cxrexplain.data.download import (
     RemoteFile,
-    RetryPolicy,
     fetch,
     fetch_all,
     md5_file,
     resolve_sources,
+    retry_delay,
 )
 from cxrexplain.errors import CxrError
 from httpmirror import FakeMirror
 
-FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, timeout_s=5.0)
+FAST = RetryParams(attempts=3, backoff_s=0.01, timeout_s=5.0)
 # what a dead NIH Box shared link answers, with HTTP 200
 DEAD_LINK_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box | Shared link unavailable</title></head><body>" + b" " * 600
 
@@ -279,20 +282,28 @@ def test_present_and_verified_file_is_skipped_without_requests(server: FakeMirro
     assert server.requests == []
 
 
-def test_present_but_corrupt_file_is_renamed_and_downloaded_again(server: FakeMirror, tmp_path: Path, caplog) -> None:
+def test_present_but_corrupt_file_is_kept_until_its_replacement_verifies(
+    server: FakeMirror, tmp_path: Path, caplog
+) -> None:
     data = _random_bytes(200_000, 14)
     stale = data[:-1] + b"?"
     server.files = {"images_001.tar.gz": data}
+    remote = server.remote("images_001.tar.gz")
     (tmp_path / "images_001.tar.gz").write_bytes(stale)
+    server.corrupt = {"images_001.tar.gz"}  # the first re-download is bad too: the old file stays as it was
 
+    with pytest.raises(CxrError, match="MD5 mismatch"):
+        fetch(remote, tmp_path, retry=FAST)
+    assert (tmp_path / "images_001.tar.gz").read_bytes() == stale
+    assert _listing(tmp_path) == ["images_001.tar.gz"]
+
+    server.corrupt = set()
     with caplog.at_level(logging.WARNING, logger="cxrexplain.download"):
-        path = fetch(server.remote("images_001.tar.gz"), tmp_path, retry=FAST)
-
+        path = fetch(remote, tmp_path, retry=FAST)
     assert path.read_bytes() == data
-    assert (tmp_path / "images_001.tar.gz.corrupt").read_bytes() == stale
-    assert _listing(tmp_path) == ["images_001.tar.gz", "images_001.tar.gz.corrupt"]
-    assert len(server.requests) == 1
-    assert any(".corrupt" in r.getMessage() for r in caplog.records)
+    assert _listing(tmp_path) == ["images_001.tar.gz"]
+    assert len(server.requests) == 2
+    assert any("not the expected file" in r.getMessage() and "MD5" in r.getMessage() for r in caplog.records)
 
 
 def test_503_once_is_retried(server: FakeMirror, tmp_path: Path, caplog) -> None:
@@ -375,14 +386,146 @@ def test_resolve_sources_without_link_or_mirror_says_what_to_do() -> None:
     assert "BBox_List_2017.csv" in message and "data.mirror" in message and "by hand" in message
 
 
-def test_invalid_retry_policy_is_a_user_error() -> None:
-    with pytest.raises(CxrError, match="attempts"):
-        RetryPolicy(attempts=0)
-    assert [RetryPolicy(backoff_s=2.0, max_backoff_s=10.0).delay(k) for k in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+def test_invalid_retry_params_are_a_user_error_and_backoff_is_capped() -> None:
+    with pytest.raises(CxrError, match=r"data\.retry\.attempts"):
+        validate({"data": {"retry": {"attempts": 0}}})
+    with pytest.raises(CxrError, match=r"data\.retry\.speed_window_s"):
+        validate({"data": {"retry": {"speed_window_s": 0.0}}})
+    delays = [retry_delay(RetryParams(backoff_s=2.0), k) for k in range(7)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 11. layout.content_problem: the NIH metadata files by content
+# 11. content checks: a web page served with HTTP 200, files without an MD5, files already present
+
+
+def test_dead_link_html_page_is_refused_by_content_type_and_not_retried(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {"images_001.tar.gz": DEAD_LINK_PAGE}
+    server.content_types = {"images_001.tar.gz": "text/html; charset=utf-8"}
+    remote = RemoteFile("images_001.tar.gz", server.url("images_001.tar.gz"), "fe8ed0a6961412fddcbb3603c11b3698")
+
+    with pytest.raises(CxrError) as info:
+        fetch(remote, tmp_path, retry=FAST)
+
+    message = str(info.value)
+    assert remote.url in message and "web page" in message and "text/html; charset=utf-8" in message
+    assert "<!DOCTYPE html>" in message and "data.mirror" in message
+    assert len(server.requests) == 1  # a dead link does not come back by retrying
+    assert _listing(tmp_path) == []
+
+
+def test_html_body_without_html_content_type_is_refused_by_its_first_bytes(server: FakeMirror, tmp_path: Path) -> None:
+    page = DEAD_LINK_PAGE + _random_bytes(300_000, 30)  # a big body: refused after its first bytes
+    server.files = {"images_002.tar.gz": page}
+    server.content_types = {"images_002.tar.gz": "application/octet-stream"}
+
+    with pytest.raises(CxrError, match=r"images_002\.tar\.gz.*web page.*application/octet-stream"):
+        fetch(RemoteFile("images_002.tar.gz", server.url("images_002.tar.gz"), None), tmp_path, retry=FAST)
+    assert _listing(tmp_path) == []
+
+
+def test_file_without_md5_is_checked_by_content_before_the_rename(server: FakeMirror, tmp_path: Path) -> None:
+    """Regression: a metadata file without MD5 went straight to its final name, whatever it held."""
+    name = layout.TEST_LIST
+    server.files = {name: b'00000001_000.png\n{ "error": "quota exceeded" }\n'}
+    server.content_types = {name: "text/plain"}
+    remote = RemoteFile(name, server.url(name), None, check=partial(layout.content_problem, name))
+
+    with pytest.raises(CxrError) as info:
+        fetch(remote, tmp_path, retry=FAST)
+
+    message = str(info.value)
+    assert remote.url in message and "line 2" in message and "quota exceeded" in message
+    assert "Content-Type 'text/plain'" in message and "b'00000001_000.png" in message
+    assert _listing(tmp_path) == []  # neither the final name nor a .part
+
+    server.files[name] = b"00000001_000.png\n00000002_000.png\n"
+    assert fetch(remote, tmp_path, retry=FAST).read_bytes() == server.files[name]
+
+
+def test_present_file_failing_its_check_is_fetched_again_and_kept_until_then(
+    server: FakeMirror, tmp_path: Path
+) -> None:
+    """Regression: a page kept under the final name was skipped as "already present" by every re-run."""
+    name = layout.TRAIN_VAL_LIST
+    remote = RemoteFile(name, server.url(name), None, check=partial(layout.content_problem, name))
+    (tmp_path / name).write_bytes(DEAD_LINK_PAGE)  # left by an older version of the downloader
+    server.files = {name: DEAD_LINK_PAGE}
+    server.content_types = {name: "text/html"}
+
+    with pytest.raises(CxrError, match="web page"):
+        fetch(remote, tmp_path, retry=FAST)
+    assert (tmp_path / name).read_bytes() == DEAD_LINK_PAGE  # the old file stays until a good one has arrived
+    assert len(server.requests) == 1  # not skipped as "already present"
+
+    server.files[name] = b"00000003_001.png\n"
+    server.content_types = {}
+    assert fetch(remote, tmp_path, retry=FAST).read_bytes() == b"00000003_001.png\n"
+    assert _listing(tmp_path) == [name]
+    fetch(remote, tmp_path, retry=FAST)
+    assert len(server.requests) == 2  # now verified in place: no request
+
+
+def test_local_mirror_file_failing_its_check_names_what_it_holds(tmp_path: Path) -> None:
+    mirror = tmp_path / "kaggle"
+    mirror.mkdir()
+    (mirror / layout.BBOX_LIST).write_bytes(b"Image Index,Finding Label,Bbox [x,y,w,h]\n")  # an older header
+    remote = RemoteFile(
+        layout.BBOX_LIST, str(mirror / layout.BBOX_LIST), None, check=partial(layout.content_problem, layout.BBOX_LIST)
+    )
+    with pytest.raises(CxrError, match=r"BBox_List_2017\.csv.*not the NIH header.*a local file"):
+        fetch(remote, tmp_path / "raw")
+    assert _listing(tmp_path / "raw") == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 12. throughput floor
+
+
+TRICKLE = RetryParams(attempts=3, backoff_s=0.01, timeout_s=5.0, min_bytes_per_s=1_000, speed_window_s=0.3)
+
+
+def test_trickle_is_abandoned_then_resumed(server: FakeMirror, tmp_path: Path, caplog) -> None:
+    """Regression: a server sending a byte now and then (each within the read timeout) was waited for forever."""
+    data = _random_bytes(5_000, 31)
+    server.files = {"images_005.tar.gz": data}
+    server.trickle = {"images_005.tar.gz": [0.02]}  # 50 bytes/s on the first request only: 100 s for the file
+    start = time.monotonic()
+
+    with caplog.at_level(logging.WARNING, logger="cxrexplain.download"):
+        path = fetch(server.remote("images_005.tar.gz"), tmp_path, retry=TRICKLE)
+
+    assert time.monotonic() - start < 3
+    assert path.read_bytes() == data
+    first, second = server.ranges("images_005.tar.gz")
+    assert first is None and second is not None
+    resumed_at = int(second.removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at < 100  # the trickled bytes are kept and the transfer resumes after them
+    assert any("too slow" in r.getMessage() and "attempt 1/3" in r.getMessage() for r in caplog.records)
+
+
+def test_persistent_trickle_gives_up_naming_the_floor(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {"x.bin": _random_bytes(5_000, 32)}
+    server.trickle = {"x.bin": [0.02] * TRICKLE.attempts}
+    start = time.monotonic()
+    with pytest.raises(CxrError) as info:
+        fetch(server.remote("x.bin"), tmp_path, retry=TRICKLE)
+    assert time.monotonic() - start < 4
+    message = str(info.value)
+    assert "after 3 attempts" in message and "too slow" in message and "data.retry.min_bytes_per_s = 1000" in message
+    assert len(server.requests) == 3
+    assert [name for name in _listing(tmp_path)] == ["x.bin.part"]  # kept: the next run resumes from it
+
+
+def test_zero_floor_waits_for_a_slow_transfer(server: FakeMirror, tmp_path: Path) -> None:
+    server.files = {"y.bin": b"0123456789" * 3}
+    server.trickle = {"y.bin": [0.02]}
+    slow_ok = RetryParams(attempts=1, timeout_s=5.0, min_bytes_per_s=0, speed_window_s=0.1)
+    assert fetch(server.remote("y.bin"), tmp_path, retry=slow_ok).read_bytes() == server.files["y.bin"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 13. layout.content_problem: the NIH metadata files by content
 
 
 def _write(path: Path, text: str | bytes) -> Path:
