@@ -1,0 +1,558 @@
+"""The report's content: test-set metrics with intervals, the study beside this run, figures and explanation tables.
+
+:func:`build` takes what the earlier stages made, already loaded (one :class:`ArchInputs` per architecture, the
+sample/split/consistency metrics as dicts), the run's :class:`RunFacts` and the validated ``params.report`` section,
+and writes the whole report into one folder laid out as ``reports/``::
+
+    figures/        confusion, ROC, PR, calibration, training, sanity_<arch> (drawn); gallery_gradcam_<arch> and
+                    methods_<arch> (copied from explain/<arch>/)
+    plots/          DVC plot data: confusion_<arch>.csv (actual, predicted at 0.5), roc_<arch>.csv (fpr, tpr)
+    report.md       GitHub Markdown, figures linked relative to the folder
+    report.html     the same document, one self-contained file (figures embedded)
+    metrics.json    per architecture: intervals at 0.5 and at Youden's threshold, Grad-CAM headline; DeLong
+
+:func:`write` builds into a temporary folder beside ``reports/`` and moves the result into place (:func:`publish`),
+so a failure or a kill never leaves a ``report.md`` that links a figure which is not there. The explanation section
+is generated from the measure registry: a new measure appears in the report without an edit here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from cxrexplain.config import Params, ReportParams
+from cxrexplain.errors import CxrError
+from cxrexplain.evaluation import classification as cls
+from cxrexplain.evaluation import figures
+from cxrexplain.evaluation.document import Document
+from cxrexplain.evaluation.metrics import youden_threshold
+from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
+from cxrexplain.io import PART_SUFFIX, atomic_dir, write_csv, write_json, write_text
+from cxrexplain.workspace import ExplainFiles
+
+STUDY = {"accuracy": 0.932, "precision": 0.918, "recall": 0.945, "auroc": 0.96, "heatmaps_on_region": 0.92}
+SYNTHETIC_BANNER = (
+    "SYNTHETIC DATA: every number and figure below was computed on the project's generated NIH-format mirror, "
+    "not on radiographs. It checks the pipeline; it is not medical evidence."
+)
+CURVES = ("confusion", "roc", "pr", "calibration")  # the figures every architecture's run receives too
+PAIRED_SHOWN = ("pointing", "energy", "deletion", "insertion", "average_drop", "increase", "road_morf")
+TEST_NAMES = {"t": "t", "wilcoxon": "Wilcoxon", "mcnemar": "McNemar", "sign": "sign"}
+
+
+@dataclass(frozen=True)
+class ArchInputs:
+    """One architecture's outputs of ``train@arch`` and ``explain@arch``, loaded.
+
+    ``predictions``: one row per image (``image``, ``patient``, ``label``, ``probability``, ``split``);
+    ``history``: one row per epoch (``epoch``, ``train/loss``, ``val/loss``, ``train/auroc``, ``val/auroc``);
+    ``explained``: ``metrics/explain/<arch>.json``; ``paired`` and ``sanity_curve``: the explain tables;
+    ``galleries``: figure name in the report (``gallery_gradcam``, ``methods``) → the PNG to copy.
+    """
+
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+    explained: Mapping
+    paired: pd.DataFrame
+    sanity_curve: pd.DataFrame
+    galleries: Mapping[str, Path]
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the report states about how this run was made (from ``params`` and git)."""
+
+    source: str
+    group_by: str
+    pretrained: str
+    image_size: int
+    seed: int
+    commit: str
+    dirty: bool  # uncommitted changes to tracked files
+
+    @classmethod
+    def of(cls, params: Params, commit: str, dirty: bool) -> RunFacts:
+        p = params
+        return cls(p.data.source, p.split.group_by, p.model.pretrained, p.train.image_size, p.seed, commit, dirty)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+def linked_galleries(explained: Mapping, files: ExplainFiles) -> dict[str, Path]:
+    """The explain stage's figures the report links, given its metrics, name in the report → file: the Grad-CAM
+    gallery when Grad-CAM ran, the method grid when some test image has a Pneumonia box (the explain stage makes
+    exactly these)."""
+    out = {"gallery_gradcam": files.gallery("gradcam")} if "gradcam" in explained["methods"] else {}
+    return {**out, "methods": files.methods_figure} if explained["images_with_boxes"] > 0 else out
+
+
+def classification(predictions: pd.DataFrame, *, bootstrap: int, seed: int) -> dict:
+    """Test-set metrics at 0.5 and at Youden's threshold (chosen on val), patient-clustered bootstrap intervals."""
+    val, test = predictions[predictions["split"] == "val"], predictions[predictions["split"] == "test"]
+    youden = youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
+    y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+    patients = test["patient"].astype(str).to_numpy() if "patient" in test else None
+    return {
+        "test_images": len(test),
+        "test_patients": len(set(patients)) if patients is not None else None,
+        "threshold_youden": youden,
+        "at_0.5": cls.bootstrap_metrics(y, p, 0.5, n=bootstrap, seed=seed, clusters=patients),
+        "at_youden": cls.bootstrap_metrics(y, p, youden, n=bootstrap, seed=seed, clusters=patients),
+    }
+
+
+def explanation_headline(explained: Mapping) -> dict:
+    """Grad-CAM's pointing game, its baselines and its sanity verdict, for ``metrics.json``."""
+    gradcam = explained["methods"].get("gradcam", {})
+    return {
+        "gradcam_pointing": gradcam.get("pointing"),
+        "pointing_chance": explained["pointing_chance"],
+        "pointing_centre_prior": explained["pointing_centre_prior"],
+        "gradcam_sanity_passes": gradcam.get("sanity", {}).get("passes"),
+    }
+
+
+def delong_comparison(predictions: Mapping[str, pd.DataFrame]) -> dict:
+    """DeLong's test of two architectures' test AUROCs on the same test images (paired by image name)."""
+    archs = list(predictions)
+    a, b = (p[p["split"] == "test"].set_index("image") for p in predictions.values())
+    common = a.index.intersection(b.index)
+    if len(common) != len(a) or len(common) != len(b):
+        raise CxrError(f"{archs[0]} and {archs[1]} were tested on different images; re-run both train stages")
+    result = cls.delong(
+        a.loc[common, "label"].to_numpy(),
+        a.loc[common, "probability"].to_numpy(),
+        b.loc[common, "probability"].to_numpy(),
+    )
+    return {"archs": archs, "images": len(common), **{k: float(v) for k, v in result.items()}}
+
+
+def build(
+    inputs: Mapping[str, ArchInputs],
+    *,
+    facts: RunFacts,
+    settings: ReportParams,
+    sample: Mapping,
+    split: Mapping,
+    consistency: Mapping | None,
+    folder: Path,
+) -> tuple[dict, dict[str, str]]:
+    """Write the report into ``folder`` (layout in the module docstring).
+
+    Returns ``metrics.json``'s content and the figures made, key (``roc``, ``sanity_<arch>``, …) → file name.
+    """
+    archs = tuple(inputs)
+    fig_dir, plots = Path(folder) / "figures", Path(folder) / "plots"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    note = "synthetic data: not medical evidence" if facts.synthetic else ""
+    results = {
+        a: {
+            **classification(x.predictions, bootstrap=settings.bootstrap, seed=facts.seed),
+            **explanation_headline(x.explained),
+        }
+        for a, x in inputs.items()
+    }
+    test_sets = {a: _test_set(x.predictions) for a, x in inputs.items()}
+    comparison = delong_comparison({a: x.predictions for a, x in inputs.items()}) if len(archs) == 2 else None
+    made = {
+        "confusion": figures.confusion_figure(
+            {a: cls.confusion(*test_sets[a], 0.5) for a in archs},
+            fig_dir / "confusion.png",
+            threshold_note=" (threshold 0.5)",
+            note=note,
+        ),
+        "roc": figures.roc_figure(
+            {a: (*cls.roc_points(*test_sets[a]), results[a]["at_0.5"]["auroc"]["value"]) for a in archs},
+            fig_dir / "roc.png",
+            note=note,
+        ),
+        "pr": figures.pr_figure(
+            {a: (*cls.pr_points(*test_sets[a]), results[a]["at_0.5"]["auprc"]["value"]) for a in archs},
+            float(np.mean(test_sets[archs[0]][0])),
+            fig_dir / "pr.png",
+            note=note,
+        ),
+        "calibration": figures.calibration_figure(
+            {a: cls.calibration_bins(*test_sets[a]) for a in archs}, fig_dir / "calibration.png", note=note
+        ),
+        "training": figures.training_figure(
+            {a: x.history for a, x in inputs.items()}, fig_dir / "training.png", note=note
+        ),
+    }
+    for a, x in inputs.items():
+        for name, source in x.galleries.items():
+            made[f"{name}_{a}"] = Path(shutil.copyfile(source, fig_dir / f"{name}_{a}.png"))
+    for a in archs:  # DVC plot data: per-image actual/predicted (confusion template) and ROC points (simple template)
+        y, p = test_sets[a]
+        write_csv(plots / f"confusion_{a}.csv", pd.DataFrame({"actual": y, "predicted": (p > 0.5).astype(int)}))
+        fpr, tpr = cls.roc_points(y, p)
+        write_csv(plots / f"roc_{a}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
+    for a, x in inputs.items():
+        if len(x.sanity_curve):
+            made[f"sanity_{a}"] = figures.sanity_figure(
+                x.sanity_curve,
+                fig_dir / f"sanity_{a}.png",
+                threshold=x.explained["settings"]["sanity_threshold"],
+                note=note,
+            )
+    doc = document(facts, sample, split, results, made, archs, comparison)
+    explanations(doc, {a: x.explained for a, x in inputs.items()}, {a: x.paired for a, x in inputs.items()}, made)
+    consistency_section(doc, consistency)
+    write_text(Path(folder) / "report.md", doc.markdown(Path(folder)))
+    write_text(Path(folder) / "report.html", doc.html())
+    metrics = {
+        "source": facts.source,
+        "synthetic": facts.synthetic,
+        "split_protocol": facts.group_by,
+        "cohort": sample.get("cached", {}),
+        "archs": results,
+        "delong": comparison,
+    }
+    write_json(Path(folder) / "metrics.json", metrics)
+    return metrics, {key: Path(path).name for key, path in made.items()}
+
+
+def write(inputs: Mapping[str, ArchInputs], reports: Path, **content) -> tuple[dict, dict[str, str]]:
+    """:func:`build` into a uniquely named temporary folder beside ``reports``, then :func:`publish` it there.
+
+    ``content``: :func:`build`'s keyword arguments but ``folder``. On an error the temporary folder goes and
+    ``reports`` is left byte for byte as it was; after a kill a ``.<name>.<random>.part`` folder stays, which no one
+    reads.
+    """
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{reports.name}.", suffix=PART_SUFFIX, dir=reports.parent))
+    try:
+        result = build(inputs, folder=built, **content)
+        publish(built, reports)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
+    return result
+
+
+def publish(built: Path, reports: Path) -> None:
+    """Move a report built in ``built`` into ``reports``, each part by one rename, the Markdown last.
+
+    ``figures/`` and ``plots/`` first (each folder renamed onto its old self: :func:`cxrexplain.io.atomic_dir`), then
+    ``metrics.json``, ``report.html`` and ``report.md``: at every instant ``report.md`` links figures that are there.
+    """
+    for name in ("figures", "plots"):
+        with atomic_dir(Path(reports) / name) as part:
+            os.replace(Path(built) / name, part)  # a folder renamed onto the fresh, empty one
+    for name in ("metrics.json", "report.html", "report.md"):
+        os.replace(Path(built) / name, Path(reports) / name)
+
+
+def arch_figures(made: Mapping[str, str], arch: str) -> list[str]:
+    """The figure files an architecture's own MLflow run receives: its own figures, then the shared curves."""
+    return [name for key, name in made.items() if key.endswith(arch)] + [made[key] for key in CURVES]
+
+
+def flat_metrics(result: Mapping) -> dict[str, float]:
+    """One architecture's ``metrics.json`` entry as MLflow metrics ``report/<threshold>/<metric>`` (NaN left out)."""
+    return {
+        f"report/{key}/{m}": v["value"]
+        for key in ("at_0.5", "at_youden")
+        for m, v in result[key].items()
+        if not math.isnan(v["value"])
+    }
+
+
+def _test_set(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    test = predictions[predictions["split"] == "test"]
+    return test["label"].to_numpy(), test["probability"].to_numpy()
+
+
+def _fmt(entry: dict, key: str = "value") -> str:
+    value = entry[key] if key in entry else entry["mean"]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f} ({entry['low']:.3f}-{entry['high']:.3f})"
+
+
+def document(
+    facts: RunFacts,
+    sample: Mapping,
+    split: Mapping,
+    results: Mapping[str, dict],
+    made: Mapping[str, Path],
+    archs: Sequence[str],
+    comparison: Mapping | None,
+) -> Document:
+    """The cohort, the study beside this run, the classification metrics and their figures, DeLong's test."""
+    doc = Document("cxrexplain report: Pneumonia vs No Finding" + (" [SYNTHETIC DATA]" if facts.synthetic else ""))
+    if facts.synthetic:
+        doc.banner(SYNTHETIC_BANNER)
+    cached = sample.get("cached", {})
+    leak = "no patient in two splits" if facts.group_by == "patient" else "patients leak between splits"
+    doc.paragraph(
+        f"Commit `{facts.commit}`{' (dirty)' if facts.dirty else ''} · data source **{facts.source}** · split "
+        f"protocol **{facts.group_by}-wise** ({leak}) "
+        f"· cohort {cached.get('images', '?')} images ({cached.get('pneumonia', '?')} Pneumonia, "
+        f"{cached.get('no_finding', '?')} No Finding) of {cached.get('patients', '?')} patients · "
+        f"pretrained {facts.pretrained} · input {facts.image_size} px."
+    )
+    splits = split.get("splits", {})
+    if splits:
+        doc.table(
+            ["split", "images", "Pneumonia", "No Finding", "patients"],
+            [
+                [name, v.get("images"), v.get("pneumonia"), v.get("no_finding"), v.get("patients")]
+                for name, v in splits.items()
+            ],
+        )
+
+    doc.heading("The study and this run")
+    doc.paragraph(
+        "The study reports an image-level random split of NIH ChestX-ray14 with 5,000 images per class; NIH has only "
+        "1,431 Pneumonia images (1,008 patients), and an image-level split leaks patients. Values below are test-set "
+        "point estimates with 95 % patient-clustered bootstrap intervals (patients resampled) at threshold 0.5."
+    )
+    header = ["measure", "study (reported)", *archs]
+    rows = []
+    for key, name in (("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("auroc", "AUC")):
+        rows.append([name, f"{STUDY[key]:.3f}", *(_fmt(results[a]["at_0.5"][key]) for a in archs)])
+    rows.append(
+        [
+            "heatmaps on the relevant region",
+            "~0.92 (how measured: not stated)",
+            *(
+                (
+                    _fmt(results[a]["gradcam_pointing"])
+                    + f" Grad-CAM pointing game on the Pneumonia map, n={results[a]['gradcam_pointing']['n']}; "
+                    f"chance {results[a]['pointing_chance']:.3f}, "
+                    f"centre prior {results[a]['pointing_centre_prior']:.3f}"
+                )
+                if results[a]["gradcam_pointing"]
+                else "n/a"
+                for a in archs
+            ),
+        ]
+    )
+    rows.append(["data source / split", "NIH / image-level", *(f"{facts.source} / {facts.group_by}" for a in archs)])
+    doc.table(header, rows)
+
+    doc.heading("Test-set classification metrics")
+    for label, key in (("threshold 0.5", "at_0.5"), ("threshold chosen on val (Youden's J)", "at_youden")):
+        doc.heading(label, 3)
+        table_rows = []
+        for a in archs:
+            threshold = 0.5 if key == "at_0.5" else results[a]["threshold_youden"]
+            table_rows.append([a, f"{threshold:.3f}", *(_fmt(results[a][key][m]) for m in cls.METRICS)])
+        doc.table(["arch", "threshold", *cls.METRICS], table_rows)
+    doc.figure(made["confusion"], "Confusion matrices (test, threshold 0.5): counts and normalised")
+    doc.figure(made["roc"], "ROC curves (test), AUC in the legend")
+    doc.figure(made["pr"], "Precision-recall curves (test)")
+    doc.figure(made["calibration"], "Calibration diagram (test)")
+    doc.figure(made["training"], "Training curves: loss and AUROC per epoch")
+
+    if comparison is not None:
+        doc.paragraph(
+            f"DeLong's test of the two test AUROCs on the same {comparison['images']} images: {archs[0]} "
+            f"{comparison['auc_a']:.3f}, {archs[1]} {comparison['auc_b']:.3f}, difference "
+            f"{comparison['difference']:+.3f} (95 % CI {comparison['low']:+.3f} to {comparison['high']:+.3f}), "
+            f"z = {comparison['z']:.2f}, p = {_p(comparison['p'])}."
+        )
+    return doc
+
+
+def consistency_section(doc: Document, consistency: Mapping | None) -> None:
+    """Agreement of the two architectures' maps (``metrics/explain/consistency.json``), when there is one."""
+    if consistency:
+        doc.heading("Consistency across architectures", 3)
+        doc.paragraph(
+            f"Both architectures' maps of class Pneumonia on the same {consistency['images']} test images (every map "
+            "explains Pneumonia, whatever either model predicted): Spearman rank correlation over the pixels (a "
+            "constant map counts as ρ = 0) and IoU of the two top-20 % regions, ties broken at random and averaged "
+            f"over {consistency['tie_orders']} orders; patient-clustered 95 % intervals."
+        )
+        doc.table(
+            ["method", "Spearman ρ", "top-20 % region IoU"],
+            [[m, _cell(v["spearman"]), _cell(v["top_iou"])] for m, v in consistency["methods"].items()],
+        )
+
+
+def _cell(entry: dict | None) -> str:
+    """``mean (low-high) n=…``: every cell of an explanation table carries how many images it is a mean of."""
+    if not entry or entry.get("mean") is None or (isinstance(entry["mean"], float) and math.isnan(entry["mean"])):
+        return "n/a"
+    clusters = f", {entry['clusters']} pat." if "clusters" in entry else ""
+    return f"{entry['mean']:.3f} ({entry['low']:.3f}-{entry['high']:.3f}) n={entry.get('n', '?')}{clusters}"
+
+
+def _arrow(column: Column) -> str:
+    return column.label + (" ↑" if column.better == "higher" else " ↓" if column.better == "lower" else "")
+
+
+def explanations(
+    doc: Document, explained: Mapping[str, Mapping], paired: Mapping[str, pd.DataFrame], made: Mapping[str, Path]
+) -> None:
+    """The explanation section, built from the measure registry: a new measure appears here without an edit."""
+    archs = list(explained)
+    e = SimpleNamespace(**explained[archs[0]]["settings"])
+    doc.heading("Explanations")
+    doc.paragraph(
+        f"Decision threshold {e.threshold} defines the outcomes and the class each *decision map* explains. "
+        "**Localisation** scores the map of class Pneumonia on every test image with a Pneumonia box, whatever the "
+        "prediction (group 'all'); its TP row is the predicted-class map on true positives (CheXlocalize's "
+        "protocol). **Faithfulness** and **complexity** score the decision maps of the explain subset (balanced "
+        "classes). Every method is scored on the same images; each cell gives the mean, its 95 % patient-clustered "
+        f"bootstrap interval ({e.bootstrap} resamples: patients, not images, are resampled) and its n (images, "
+        "patients). Rankings (deletion/insertion, ROAD, top-k regions) break ties between equal map values at "
+        f"random, averaged over {e.tie_orders} seeded orders; the share of tied pixels is reported. Pointing game: "
+        "ties count as the share of maximal points inside a box, a constant map is a miss"
+        + (f", tolerance {e.pointing_tolerance:g} × the image side" if e.pointing_tolerance else "")
+        + ". Pixel IoBB divides by the area of the map binarised at "
+        f"{e.iobb_level:g} × its peak, so one hot pixel inside a box gives 1.0 for a sparse pixel attribution: read "
+        "it beside the box-level protocol and the energy in boxes."
+    )
+    measures_doc = [
+        [
+            m.name,
+            m.family,
+            "Pneumonia maps, images with boxes" if m.on == "pneumonia" else "decision maps, subset",
+            ", ".join(_arrow(c) for c in m.columns),
+            m.reference,
+        ]
+        for m in MEASURES.values()
+        if m.name in e.measures
+    ]
+    doc.table(["measure", "family", "scored on", "columns (↑ higher is better)", "reference"], measures_doc)
+    for a in archs:
+        info = explained[a]
+        doc.heading(f"{a}", 3)
+        doc.paragraph(
+            f"{info['images']} test images explained, {info['images_with_boxes']} with Pneumonia boxes, "
+            f"{info['subset_images']} in the subset. Pointing-game baselines on the images with boxes: chance (share "
+            f"of the image inside boxes) {info['pointing_chance']:.3f}, centre prior (a map peaking at the image "
+            f"centre) {info['pointing_centre_prior']:.3f}."
+        )
+        for title, cols in explanation_tables():
+            present = [c for c in cols if any(c.name in entry for entry in info["methods"].values())]
+            if not present:
+                continue
+            doc.paragraph(f"**{title}**")
+            doc.table(
+                ["method", *(_arrow(c) for c in present)],
+                [[method, *(_cell(entry.get(c.name)) for c in present)] for method, entry in info["methods"].items()],
+            )
+        doc.paragraph(
+            "**Sanity checks** (Adebayo et al. 2018): mean |Spearman ρ| between the trained model's decision maps and "
+            "those of a copy with randomised weights, on the first images of the subset. A method passes when its "
+            f"maps have decorrelated (below {e.sanity_threshold:g}) once the head and the last block are randomised; "
+            "a map that only changes when the stem is randomised behaves like an edge detector and fails. A map that "
+            "becomes constant counts as fully changed (ρ = 0)."
+        )
+        doc.table(
+            [
+                "method",
+                "mean abs ρ after head + last block",
+                "lowest mean abs ρ",
+                "model randomisation",
+                "data randomisation",
+            ],
+            [_sanity_row(method, entry) for method, entry in info["methods"].items()],
+        )
+        if f"sanity_{a}" in made:
+            doc.figure(made[f"sanity_{a}"], f"{a}: randomisation curves, top-down, bottom-up and independent")
+        table = paired.get(a)
+        if table is not None and len(table):
+            doc.paragraph(
+                "**Paired comparisons** on the same images: Grad-CAM against every other method on the headline "
+                "measures (difference = Grad-CAM − other, with its paired patient-clustered bootstrap interval; "
+                "continuous measures: the paired t-test, as in the papers that compare CAM variants by confidence "
+                "increase, and the Wilcoxon signed-rank test; 0/1 outcomes: McNemar's exact test (the sign test "
+                "where tied pointing hits are fractional); p (Holm-adjusted over the method pairs of one measure and "
+                f"test). All {len(table)} comparisons, every pair of methods: `explain/{a}/paired.csv`."
+            )
+            doc.table(["measure", "Grad-CAM vs", "n", "difference (95 % CI)", "p (Holm)"], paired_rows(table))
+        if f"gallery_gradcam_{a}" in made:
+            doc.figure(
+                made[f"gallery_gradcam_{a}"],
+                f"{a}: Grad-CAM decision maps on TP, FP, FN and TN test images (each tile names the class explained)",
+            )
+        if f"methods_{a}" in made:
+            doc.figure(made[f"methods_{a}"], f"{a}: every method's map of Pneumonia on the same images with boxes")
+
+
+def _sanity_row(method: str, entry: Mapping) -> list[str]:
+    s_, d_ = entry.get("sanity"), entry.get("data_randomisation")
+    return [
+        method,
+        f"{s_['spearman_after_last_block']:.2f}" if s_ else "n/a",
+        f"{s_['min_spearman']:.2f}" if s_ else "n/a",
+        ("passes" if s_["passes"] else "FAILS") if s_ else "n/a",
+        (
+            f"{d_['mean_abs_spearman']:.2f} ({'passes' if d_['passes'] else 'FAILS'}; permuted-label train "
+            f"accuracy {d_['permuted_train_accuracy']:.2f}, n={d_['images']})"
+        )
+        if d_
+        else "not run",
+    ]
+
+
+def paired_rows(table: pd.DataFrame, reference: str = "gradcam") -> list[list[str]]:
+    """One row per (measure, other method): the difference and every test's p with its Holm adjustment."""
+    rows = []
+    mine = table[(table["method_a"] == reference) & table["measure"].isin(PAIRED_SHOWN)]
+    for (measure, other), part in mine.groupby(["measure", "method_b"], sort=False):
+        first = part.iloc[0]
+        tests = " · ".join(f"{TEST_NAMES.get(r.test, r.test)} {_p(r.p)} ({_p(r.p_holm)})" for r in part.itertuples())
+        rows.append(
+            [
+                measure,
+                other,
+                str(int(first["n"])),
+                f"{first['mean_difference']:+.3f} ({first['low']:+.3f} to {first['high']:+.3f})",
+                tests,
+            ]
+        )
+    order = {m: k for k, m in enumerate(PAIRED_SHOWN)}
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def explanation_tables() -> list[tuple[str, list[Column]]]:
+    """The explanation tables: one per family, a measure with more than three columns in a table of its own."""
+    out = []
+    for family in FAMILIES:
+        small = [c for m in MEASURES.values() if m.family == family and len(m.columns) <= 3 for c in m.columns]
+        if small:
+            out.append((f"{family.capitalize()}", small))
+        for m in MEASURES.values():
+            if m.family == family and len(m.columns) > 3:
+                out.append((f"{family.capitalize()}: {m.reference}", list(m.columns)))
+    out.append(("Ties", [Column("tied_share", "tied pixels (share)", None)]))
+    return out
+
+
+__all__ = [
+    "STUDY",
+    "ArchInputs",
+    "RunFacts",
+    "arch_figures",
+    "build",
+    "classification",
+    "delong_comparison",
+    "flat_metrics",
+    "linked_galleries",
+    "publish",
+    "write",
+]
