@@ -214,19 +214,13 @@ def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
 
 def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
     from cxrexplain.stages import report
+    from cxrexplain.workspace import Workspace
 
     root, params, _ = project
     metrics_dir = root / "metrics"
     (metrics_dir / "sample.json").write_text(json.dumps({"cached": {"images": 48, "pneumonia": 24}}))
     (metrics_dir / "split.json").write_text(json.dumps({"splits": {"test": {"images": 12}}}))
-    metrics = report.run(
-        params,
-        models_dir=root / "models",
-        explain_dir=root / "explain",
-        metrics_dir=metrics_dir,
-        reports_dir=root / "reports",
-        bootstrap=50,
-    )
+    metrics = report.run(params, ws=Workspace(root), bootstrap=50)
     assert set(metrics["archs"]) == {"resnet50", "densenet121"}
     entry = metrics["archs"]["resnet50"]["at_0.5"]["auroc"]
     assert entry["low"] <= entry["value"] <= entry["high"]
