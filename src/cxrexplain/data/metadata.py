@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrexplain.data import layout
@@ -59,11 +60,28 @@ def read_data_entry(path: Path) -> pd.DataFrame:
 
 
 def read_bbox_list(path: Path) -> pd.DataFrame:
-    """``BBox_List_2017.csv`` as a frame with :data:`BOX_COLUMNS` (one row per box, original-image pixels)."""
+    """``BBox_List_2017.csv`` as a frame with :data:`BOX_COLUMNS` (one row per box, original-image pixels).
+
+    Every row needs an image name, a finding and four finite numbers; anything else is a :class:`CxrError` naming
+    the file, the line (1 is the header) and the column.
+    """
     path = Path(path)
     _check_header(path, layout.BBOX_HEADER)
-    frame = pd.read_csv(path, usecols=range(len(BOX_COLUMNS)), dtype={"Image Index": str, "Finding Label": str})
+    frame = pd.read_csv(path, usecols=range(len(BOX_COLUMNS)), dtype=str, keep_default_na=False)
     frame.columns = list(BOX_COLUMNS)
+    for short, column in zip(BOX_COLUMNS[:2], layout.BBOX_COLUMNS[:2], strict=True):
+        empty = frame[short].str.strip() == ""
+        if empty.any():
+            raise CxrError(f"{path}: line {int(empty.to_numpy().argmax()) + 2}, column {column!r}: empty")
+    for short, column in zip(BOX_COLUMNS[2:], layout.BBOX_COLUMNS[2:], strict=True):
+        numbers = pd.to_numeric(frame[short], errors="coerce")
+        bad = ~np.isfinite(numbers.to_numpy(dtype=float))
+        if bad.any():
+            row = int(bad.argmax())
+            raise CxrError(
+                f"{path}: line {row + 2}, column {column!r}: {frame[short].iloc[row]!r} is not a finite number"
+            )
+        frame[short] = numbers.astype(float)
     return frame
 
 
