@@ -163,3 +163,44 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     (tmp_path / "MD5SUMS").write_text("nonsense\n")
     with pytest.raises(CxrError, match="line 1 is not"):
         read_manifest(tmp_path / "MD5SUMS")
+
+
+def test_from_metadata_keeps_the_real_box_list_as_it_is(tmp_path):
+    rows = [
+        ("00000001_000.png", "Pneumonia", 0, 1),  # has a real Pneumonia box
+        ("00000002_000.png", "Infiltration|Pneumonia", 0, 2),  # Pneumonia without a box: opacities, no box
+        ("00000003_000.png", "Pneumonia", 0, 3),  # the same
+        ("00000004_000.png", "Effusion", 0, 4),  # another finding's box: kept
+        ("00000005_000.png", "No Finding", 0, 5),
+    ]
+    entries = pd.DataFrame(
+        [(image, labels, f, p, 40, "M", "PA", 2500, 2500, 0.143, 0.143) for image, labels, f, p in rows],
+        columns=list(metadata.ENTRY_COLUMNS),
+    )
+    metadata.write_data_entry(entries, tmp_path / layout.DATA_ENTRY)
+    real = pd.DataFrame(
+        [
+            ("00000004_000.png", "Effusion", 100.0, 200.0, 300.0, 400.0),
+            ("00000001_000.png", "Pneumonia", 512.0, 600.0, 200.0, 160.0),
+            ("00000001_000.png", "Pneumonia", 128.0, 256.0, 64.0, 32.0),
+        ],
+        columns=list(metadata.BOX_COLUMNS),
+    )
+    metadata.write_bbox_list(real, tmp_path / layout.BBOX_LIST)
+    index = index_from_metadata(tmp_path / layout.DATA_ENTRY, tmp_path / layout.BBOX_LIST)
+
+    assert set(index.opacities) == {"00000001_000.png", "00000002_000.png", "00000003_000.png"}
+    assert len(index.opacities["00000001_000.png"]) == 2  # one opacity on each real box
+    pd.testing.assert_frame_equal(index.boxes(1024), real)  # every row, every finding, in order, at NIH's 1024 px
+    quarter = index.boxes(256)
+    assert quarter[["x", "y", "w", "h"]].to_numpy().tolist() == (real[["x", "y", "w", "h"]] / 4).to_numpy().tolist()
+
+    out = tmp_path / "mirror"
+    write_mirror(index, out, image_size=SIZE, show_progress=False)
+    written = metadata.read_bbox_list(out / layout.BBOX_LIST)
+    assert written[["image", "finding"]].to_numpy().tolist() == real[["image", "finding"]].to_numpy().tolist()
+    assert written["x"].tolist() == pytest.approx((real["x"] * SIZE / 1024).tolist())
+
+    subset = index_from_metadata(tmp_path / layout.DATA_ENTRY, tmp_path / layout.BBOX_LIST, patients=2, seed=0)
+    kept = set(subset.entries["image"])
+    assert set(subset.boxes(1024)["image"]) == kept & set(real["image"])  # only the rows of the mirror's images

@@ -56,16 +56,32 @@ _NO_FINDING_SHARE = 0.55  # share of No Finding among a non-Pneumonia image's la
 _TEST_PATIENT_SHARE = 0.2  # NIH's test_list.txt holds 22.8 % of the images, patient-wise
 
 
+NIH_PNG_SIZE = 1024  # side of NIH's PNGs, the coordinates of BBox_List_2017.csv
+
+
 @dataclass(frozen=True)
 class MirrorIndex:
-    """What a mirror holds: the Data_Entry rows and, per image, the opacities to draw and other findings to show."""
+    """What a mirror holds: the Data_Entry rows and, per image, the opacities to draw and other findings to show.
+
+    ``box_list`` is a real box list (metadata.BOX_COLUMNS, in NIH's 1024-px coordinates) to publish as the mirror's
+    ``BBox_List_2017.csv``; without one the mirror publishes a box for every opacity it draws.
+    """
 
     entries: pd.DataFrame  # metadata.ENTRY_COLUMNS, one row per image
     opacities: dict[str, tuple[Opacity, ...]] = field(default_factory=dict)
     test_patients: frozenset[int] = frozenset()
+    box_list: pd.DataFrame | None = None
 
     def boxes(self, image_size: int) -> pd.DataFrame:
-        """One row per opacity: its box in the rendered image's pixels (metadata.BOX_COLUMNS)."""
+        """The mirror's box list in the rendered image's pixels (metadata.BOX_COLUMNS).
+
+        With a real ``box_list``: its rows as they are (every finding, in their order) for the images of the mirror,
+        scaled from 1024 px to ``image_size`` (unchanged at 1024). Otherwise one Pneumonia row per opacity.
+        """
+        if self.box_list is not None:
+            rows = self.box_list[self.box_list["image"].isin(set(self.entries["image"]))].reset_index(drop=True)
+            scale = image_size / NIH_PNG_SIZE
+            return rows.assign(**{c: rows[c].astype(float) * scale for c in ("x", "y", "w", "h")})
         rows = [
             (image, layout.PNEUMONIA, *op.box(image_size))
             for image, ops in sorted(self.opacities.items())
@@ -166,8 +182,10 @@ def index_from_metadata(
 ) -> MirrorIndex:
     """Use a real ``Data_Entry_2017_v2020.csv`` (optionally ``patients`` random patients of it) as the mirror's index.
 
-    Pneumonia images get opacities: placed on the real Pneumonia boxes where ``bbox_list`` has them (NIH boxes are in
-    1024-px PNG coordinates), sampled otherwise. The test list is the real one when given, else patient-wise random.
+    Every Pneumonia image gets opacities: placed on its real Pneumonia boxes where ``bbox_list`` has them (NIH boxes
+    are in 1024-px PNG coordinates), sampled otherwise. With ``bbox_list`` the mirror's box list is the real one (every
+    row, every finding), so, as on NIH, most Pneumonia images have opacities and no box (NIH: 120 of 1,431 have one);
+    without it, every opacity gets a box. The test list is the real one when given, else patient-wise random.
     """
     entries = metadata.read_data_entry(Path(data_entry))
     if patients is not None:
@@ -177,6 +195,7 @@ def index_from_metadata(
             entries = entries[entries["patient"].isin(keep)]
     entries = entries.sort_values("image").reset_index(drop=True)
     real_boxes: dict[str, list[tuple[float, ...]]] = {}
+    boxes = None
     if bbox_list is not None:
         boxes = metadata.read_bbox_list(Path(bbox_list))
         for r in boxes[boxes["finding"] == layout.PNEUMONIA].itertuples(index=False):
@@ -187,7 +206,7 @@ def index_from_metadata(
             continue
         rng = _image_rng(seed, int(r.patient), int(r.follow_up), 1)
         if r.image in real_boxes:
-            opacities[r.image] = tuple(_opacity_for_box(b, 1024.0, rng) for b in real_boxes[r.image])
+            opacities[r.image] = tuple(_opacity_for_box(b, NIH_PNG_SIZE, rng) for b in real_boxes[r.image])
         else:
             opacities[r.image] = tuple(sample_opacities(rng))
     if test_list is not None:
@@ -197,7 +216,7 @@ def index_from_metadata(
         ids = entries["patient"].unique()
         draw = np.random.default_rng([seed, 0x7E57]).random(len(ids)) < _TEST_PATIENT_SHARE
         test = frozenset(int(p) for p in ids[draw])
-    return MirrorIndex(entries, opacities, test)
+    return MirrorIndex(entries, opacities, test, boxes)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
