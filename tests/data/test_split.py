@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrexplain.data.split import assign_splits, fold_counts, leakage, split_summary
+from cxrexplain.config import SplitParams
+from cxrexplain.data.split import assign_splits, fold_counts, leakage, split_cohort, split_summary
 from cxrexplain.errors import CxrError
 
 
@@ -75,3 +76,33 @@ def test_too_few_patients_for_the_folds_is_a_clear_error():
     index = cohort(n_patients=10)
     with pytest.raises(CxrError, match=r"10 patients cannot be cut into 20 folds"):
         assign_splits(index, train=0.7, val=0.15, test=0.15)
+
+
+def test_an_official_test_list_that_matches_nothing_is_an_error_naming_it():
+    index = cohort()
+    with pytest.raises(CxrError, match=r"raw/test_list\.txt: none of its 2 image names, e\.g\. 99999999_000\.png"):
+        assign_splits(
+            index,
+            train=0.7,
+            val=0.15,
+            test=0.15,
+            test_images=["99999999_000.png", "99999998_000.png"],
+            test_source="raw/test_list.txt",
+        )
+    with pytest.raises(CxrError, match=r"none of its 0 image names is one of the"):
+        assign_splits(index, train=0.7, val=0.15, test=0.15, test_images=[])
+
+
+def test_split_cohort_reads_the_official_list_and_measures_the_split(tmp_path):
+    index = cohort()
+    listed = sorted(index.loc[index["patient"] <= 60, "image"])
+    (tmp_path / "test_list.txt").write_text("".join(f"{name}\n" for name in listed))
+    p = SplitParams(official_test=True)
+    result = split_cohort(index, p, seed=0, test_list=tmp_path / "test_list.txt")
+    assert set(result.table.loc[result.table["split"] == "test", "image"]) == set(listed)
+    assert list(result.table.columns) == ["image", "patient", "label", "split"]
+    assert result.metrics["official_test"] is True and result.metrics["patients_in_two_splits"]["any"] == 0
+    assert result.metrics["splits"]["test"]["images"] == len(listed)
+    (tmp_path / "test_list.txt").write_text("00000000_000.png\n")
+    with pytest.raises(CxrError, match=r"test_list\.txt: none of its 1 image names"):
+        split_cohort(index, p, seed=0, test_list=tmp_path / "test_list.txt")

@@ -2,19 +2,23 @@
 
 Grouping by patient is what keeps a patient's follow-ups from sitting on both sides of the evaluation. With
 ``group_by="image"`` the split reproduces the study's image-level protocol, which leaks patients; :func:`leakage`
-measures how much, for an audit.
+measures how much, for an audit. :func:`split_cohort` is the whole stage's work: the split table and its metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from cxrexplain.config import SplitParams
+from cxrexplain.data import metadata
 from cxrexplain.errors import CxrError
 
 SPLITS = ("train", "val", "test")
@@ -73,12 +77,14 @@ def assign_splits(
     group_by: Literal["patient", "image"] = "patient",
     seed: int = 0,
     test_images: Collection[str] | None = None,
+    test_source: str = "the official test list",
 ) -> pd.Series:
     """A ``split`` label (train/val/test) for each row of ``index`` (columns ``image``, ``patient``, ``label``).
 
     With ``test_images`` (the official NIH test list) the test set is fixed: every image of a patient who has an image
     in the list goes to test (NIH's lists are patient-wise, so on real data that is exactly the list), and the rest is
-    split into train/val in the ratio ``train : val``.
+    split into train/val in the ratio ``train : val``. A list that holds no image of the cohort (another release's
+    list, or the wrong file) is an error naming ``test_source``, not an empty test set.
     """
     labels = index["label"].to_numpy()
     groups = index["patient"].to_numpy() if group_by == "patient" else np.arange(len(index))
@@ -88,12 +94,19 @@ def assign_splits(
         out[:] = _assign_folds(labels, groups, {"train": train, "val": val, "test": test}, seed, by_group)
         return out
     listed = index["image"].isin(set(test_images))
+    if not listed.any():
+        example = f", e.g. {next(iter(test_images))}" if len(test_images) else ""
+        raise CxrError(
+            f"{test_source}: none of its {len(test_images):,} image names{example} is one of the {len(index):,} cohort "
+            "images, so the test set would be empty; give the test list of the same release as the metadata, or "
+            "set split.official_test: false"
+        )
     if by_group:
         listed = index["patient"].isin(set(index.loc[listed, "patient"]))
     out[listed] = "test"
     rest = ~listed.to_numpy()
     if rest.sum() == 0:
-        raise CxrError("split: every cohort image is in the official test list; nothing is left to train on")
+        raise CxrError(f"{test_source}: every cohort image is in the official test list; nothing is left to train on")
     ratio = {"train": train / (train + val), "val": val / (train + val)}
     out[rest] = _assign_folds(labels[rest], groups[rest], ratio, seed, by_group)
     return out
@@ -123,3 +136,45 @@ def split_summary(index: pd.DataFrame, split: pd.Series) -> dict[str, dict[str, 
             "patients": int(part["patient"].nunique()),
         }
     return summary
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    table: pd.DataFrame  # image, patient, label, split: one row per cached image
+    metrics: dict  # metrics/split.json
+
+
+def split_cohort(index: pd.DataFrame, p: SplitParams, *, seed: int, test_list: Path | None = None) -> SplitResult:
+    """Assign every image of the cache's ``index`` to a split (:func:`assign_splits`) and measure the result.
+
+    ``test_list`` (``test_list.txt``) is read when ``p.official_test``. With ``group_by: patient`` a patient found in
+    two splits is an error; with ``group_by: image`` the metrics record how many patients leak (the study's protocol).
+    """
+    test_images = None
+    if p.official_test:
+        if test_list is None:
+            raise CxrError("split.official_test: true needs the official test list (test_list.txt)")
+        test_images = metadata.read_image_list(test_list)
+    split = assign_splits(
+        index,
+        train=p.train,
+        val=p.val,
+        test=p.test,
+        group_by=p.group_by,
+        seed=seed,
+        test_images=test_images,
+        test_source=str(test_list),
+    )
+    leaks = leakage(index, split)
+    if p.group_by == "patient" and leaks["any"]:
+        raise CxrError(f"split: {leaks['any']} patient(s) landed in two splits despite group_by: patient ({leaks})")
+    summary = split_summary(index, split)
+    metrics = {
+        "group_by": p.group_by,
+        "official_test": p.official_test,
+        "splits": summary,
+        "patients_in_two_splits": leaks,
+        "fractions": {name: round(summary[name]["images"] / max(len(index), 1), 4) for name in summary},
+    }
+    table = index.assign(split=split.to_numpy())[["image", "patient", "label", "split"]]
+    return SplitResult(table, metrics)
