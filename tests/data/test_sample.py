@@ -3,14 +3,27 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from cxrexplain.config import SampleParams
 from cxrexplain.data import layout, metadata
-from cxrexplain.data.sample import build_cache, is_positive, load_cache, select_cohort, to_gray8
+from cxrexplain.data import sample as sample_module
+from cxrexplain.data.sample import (
+    BoxCounts,
+    build_cache,
+    check_rejects,
+    fit_box,
+    is_positive,
+    load_cache,
+    sample_cache,
+    select_cohort,
+    to_gray8,
+)
 from cxrexplain.errors import CxrError
 
 
@@ -186,3 +199,116 @@ def test_missing_archive_is_an_error_before_any_work(tmp_path, entries):
             image_size=8,
             show_progress=False,
         )
+
+
+def test_16bit_images_are_windowed_to_robust_percentiles_not_min_max():
+    rng = np.random.default_rng(0)
+    values = rng.integers(1000, 5001, size=(64, 64)).astype(np.uint16)  # the anatomy: 1000..5000
+    values[0, :5] = 65535  # five hot pixels (0.12 %) ...
+    values[1, :5] = 0  # ... and five dead ones
+    pixels, size = to_gray8(png(values), 64)
+    assert size == (64, 64)
+    lo, hi = np.percentile(values.astype(float), [0.5, 99.5])
+    assert 1000 <= lo < 1100 and 4900 < hi <= 5000  # the window ignores the outliers
+    expected = np.rint((np.clip(values.astype(float), lo, hi) - lo) * 255 / (hi - lo)).astype(np.uint8)
+    np.testing.assert_array_equal(pixels, expected)
+    assert (pixels[0, :5] == 255).all() and (pixels[1, :5] == 0).all()
+    body = pixels[2:]
+    assert np.percentile(body, 1) < 5 and np.percentile(body, 99) > 250  # min-max would squeeze it into 16 levels
+    assert len(np.unique(body)) == 256
+
+
+def test_a_16bit_image_with_one_value_almost_everywhere_uses_its_full_range():
+    values = np.full((32, 32), 700, np.uint16)
+    values[0, :3] = 900  # 0.3 %: the 0.5-99.5 % window is empty
+    pixels, _ = to_gray8(png(values), 32)
+    assert (pixels[0, :3] == 255).all() and (pixels[1:] == 0).all()
+    assert (to_gray8(png(np.full((8, 8), 700, np.uint16)), 8)[0] == 0).all()
+
+
+def test_fit_box_keeps_clips_or_drops():
+    assert fit_box((10, 20, 30, 40), 64, 64) == ((10.0, 20.0, 30.0, 40.0), "kept")
+    assert fit_box((50, -4, 30, 10), 64, 64) == ((50.0, 0.0, 14.0, 6.0), "clipped")
+    assert fit_box((70, 10, 5, 5), 64, 64) == (None, "dropped")  # wholly outside
+    assert fit_box((10, 10, 0, 5), 64, 64) == (None, "dropped")  # no width
+    assert fit_box((0, 0, 64, 64), 64, 64) == ((0.0, 0.0, 64.0, 64.0), "kept")
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_counted_and_warned(tmp_path, entries, caplog):
+    raw, out = tmp_path / "raw", tmp_path / "cache"
+    raw.mkdir()
+    out.mkdir()
+    cohort, _ = select_cohort(entries, positive="contains", views=["PA", "AP"], per_class=100, balance=True, seed=0)
+    archive_of = layout.assign_archives(entries["image"].tolist())
+    write_archives(raw, {i: png(np.full((64, 64), 9, np.uint8)) for i in cohort["image"]}, archive_of)
+    first, second = cohort.loc[cohort["label"] == 1, "image"].iloc[:2]
+    boxes = pd.DataFrame(
+        [
+            (first, "Pneumonia", 8.0, 16.0, 32.0, 16.0),  # inside
+            (first, "Pneumonia", 48.0, 56.0, 32.0, 16.0),  # partly outside: clipped to 16 x 8
+            (second, "Pneumonia", 100.0, 10.0, 8.0, 8.0),  # wholly outside: dropped
+        ],
+        columns=list(metadata.BOX_COLUMNS),
+    )
+    with caplog.at_level("WARNING", logger="cxrexplain.sample"):
+        result = build_cache(raw, cohort, archive_of, boxes, out, image_size=32, show_progress=False)
+    assert result.boxes == BoxCounts(kept=1, clipped=1, dropped=1)
+    boxes_of = dict(zip(result.index["image"], result.index["boxes"], strict=True))
+    assert json.loads(boxes_of[first]) == [[4.0, 8.0, 16.0, 8.0], [24.0, 28.0, 8.0, 4.0]]  # 64 px -> 32 px
+    assert json.loads(boxes_of[second]) == []
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(first in m and "clipped" in m for m in warned) and any(second in m and "dropped" in m for m in warned)
+
+
+def test_an_image_in_no_archive_is_a_reject_with_that_reason(tmp_path, entries):
+    raw, out = tmp_path / "raw", tmp_path / "cache"
+    raw.mkdir()
+    out.mkdir()
+    cohort, _ = select_cohort(entries, positive="contains", views=["PA", "AP"], per_class=100, balance=True, seed=0)
+    archive_of = layout.assign_archives(entries["image"].tolist())
+    write_archives(raw, {i: png(np.full((8, 8), 3, np.uint8)) for i in cohort["image"]}, archive_of)
+    lost = cohort["image"].iloc[4]
+    located = {image: archive for image, archive in archive_of.items() if image != lost}
+    empty_boxes = pd.DataFrame(columns=list(metadata.BOX_COLUMNS))
+    result = build_cache(raw, cohort, located, empty_boxes, out, image_size=8, show_progress=False)
+    assert result.rejects.to_dict("records") == [{"image": lost, "archive": "", "reason": "not in any archive"}]
+    assert lost not in set(result.index["image"]) and len(result.index) == len(cohort) - 1
+
+
+def test_more_than_one_percent_rejected_is_an_error():
+    check_rejects([("a.png", "not in any archive")], 100, Path("data/raw"))  # 1 %: tolerated
+    check_rejects([], 0, Path("data/raw"))
+    with pytest.raises(CxrError, match=r"data/raw: 2 of the 100 cohort images cannot be cached \(2\.0%.*a\.png: x"):
+        check_rejects([("a.png", "x"), ("b.png", "y")], 100, Path("data/raw"))
+
+
+def test_sampling_a_cohort_the_archives_do_not_hold_fails_before_decoding(tmp_path, entries, monkeypatch):
+    raw, out = tmp_path / "raw", tmp_path / "cache"
+    raw.mkdir()
+    out.mkdir()
+    metadata.write_data_entry(entries, raw / layout.DATA_ENTRY)
+    metadata.write_bbox_list(pd.DataFrame(columns=list(metadata.BOX_COLUMNS)), raw / layout.BBOX_LIST)
+    images = sorted(entries["image"])
+    half = {i: png(np.full((8, 8), 3, np.uint8)) for i in images[: len(images) // 2]}
+    write_archives(raw, half, dict.fromkeys(half, "images_001.tar.gz"))
+    monkeypatch.setattr(sample_module, "build_cache", lambda *a, **k: pytest.fail("decoded although most are missing"))
+    p = SampleParams(per_class=100, balance=False, image_size=32)
+    with pytest.raises(CxrError, match=r"cohort images cannot be cached .* 00000\d{3}_000\.png: not in any archive"):
+        sample_cache(raw, p, out, seed=0, show_progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_an_oversized_member_is_rejected_unread(tmp_path, entries, monkeypatch):
+    raw, out = tmp_path / "raw", tmp_path / "cache"
+    raw.mkdir()
+    out.mkdir()
+    cohort, _ = select_cohort(entries, positive="contains", views=["PA", "AP"], per_class=100, balance=True, seed=0)
+    archive_of = layout.assign_archives(entries["image"].tolist())
+    small, large = png(np.full((8, 8), 3, np.uint8)), png(np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8))
+    big = cohort["image"].iloc[2]
+    write_archives(raw, {i: large if i == big else small for i in cohort["image"]}, archive_of)
+    monkeypatch.setattr(sample_module, "MAX_MEMBER_BYTES", len(small) + 100)  # the forked workers inherit it
+    empty_boxes = pd.DataFrame(columns=list(metadata.BOX_COLUMNS))
+    result = build_cache(raw, cohort, archive_of, empty_boxes, out, image_size=8, workers=2, show_progress=False)
+    assert result.rejects["image"].tolist() == [big]
+    assert f"member of {len(large):,} bytes, more than" in result.rejects["reason"].iloc[0]

@@ -1,10 +1,14 @@
 """Pick the cohort and stream only its images out of the NIH archives into one compact cache.
 
 The cache is ``images.npy`` (N × S × S, uint8 grayscale, S = ``sample.image_size``) and ``index.csv`` (one row per
-array row: image, patient, label, view, …, and the Pneumonia boxes scaled to S). Archives are read once each, in
-parallel, as gzip streams (never extracted to disk); a worker decodes a chosen member once and writes its row straight
-into the array file, so memory does not grow with the cohort. A member that cannot be read is listed in
-``rejects.csv`` with the reason and skipped.
+array row: image, patient, label, view, …, and the Pneumonia boxes scaled to S). Which archive holds an image comes
+from the archives' headers (:mod:`cxrexplain.data.archives`), never from the image's position in the CSV. Archives
+are read once each, in parallel, as gzip streams (members are read by name into memory, never extracted to disk); a
+worker decodes a chosen member once and writes its row straight into the array file, so memory does not grow with
+the cohort. Workers die with the process that started them.
+
+An image that is in no archive, or cannot be read, is listed in ``rejects.csv`` with the reason and skipped; when
+more than :data:`MAX_REJECTED_SHARE` of the cohort is rejected the sampling fails (:func:`check_rejects`).
 """
 
 from __future__ import annotations
@@ -15,18 +19,19 @@ import logging
 import os
 import tarfile
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrexplain.data import layout, metadata
+from cxrexplain.config import SampleParams
+from cxrexplain.data import archives, layout, metadata
 from cxrexplain.errors import CxrError
 from cxrexplain.progress import item_progress
 
@@ -51,6 +56,17 @@ INDEX_COLUMNS = (
     "boxes",
 )
 REJECT_COLUMNS = ("image", "archive", "reason")
+NOT_IN_ARCHIVE = "not in any archive"
+# The real release has no missing or unreadable image. Up to 1 % of the cohort may be rejected (each one listed in
+# rejects.csv) so that a few damaged files do not block a 10,000-image study; more means the metadata and the
+# archives do not belong together (or archives are missing or damaged), and sampling fails instead of caching a
+# different cohort than the one asked for.
+MAX_REJECTED_SHARE = 0.01
+# A member larger than this is not an image of this dataset (NIH's PNGs are < 1 MiB; a 4096² 16-bit PNG is < 40 MiB):
+# it is rejected unread, so that a crafted archive cannot make a worker read gigabytes into memory.
+MAX_MEMBER_BYTES = 128 * 2**20
+# Percentiles of the window that maps an image of more than 8 bits to 0..255 (see to_gray8).
+ROBUST_WINDOW = (0.5, 99.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -125,17 +141,25 @@ def select_cohort(
 def to_gray8(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode a PNG once into an 8-bit grayscale ``size`` × ``size`` array; also returns the decoded (width, height).
 
-    8-bit grayscale is kept as is; RGB(A) and palette images are converted to luminance (alpha dropped); 16-bit and
-    32-bit integer images are min-max rescaled to 0-255 (their bit depth varies between scanners). Non-square images are
-    resized to the square (NIH's PNGs are all 1024 × 1024). Raises on a truncated or undecodable file.
+    8-bit grayscale is kept as is; RGB(A) and palette images are converted to luminance (alpha dropped). Images of
+    more than 8 bits (16-bit, 32-bit integer, float; their bit depth and range vary between scanners) are windowed
+    to the 0.5th and 99.5th percentiles of their own pixels (:data:`ROBUST_WINDOW`): values below and above are
+    clipped to 0 and 255, the rest scaled linearly. A plain min-max would let a handful of hot or dead detector
+    pixels, a burnt-in marker or zero padding set the range and squeeze the anatomy into a few gray levels; 0.5 % of
+    a 1024² image is about 5,000 pixels, more than such defects cover and far less than any anatomy. When 99 % or
+    more of the pixels share one value the window is empty and the full range is used; a constant image becomes 0.
+    Non-square images are resized to the square (NIH's PNGs are all 1024 × 1024). Raises on a truncated or
+    undecodable file.
     """
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         width, height = image.size
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             values = np.asarray(image, dtype=np.float64)
-            lo, hi = float(values.min()), float(values.max())
-            scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+            lo, hi = (float(v) for v in np.percentile(values, ROBUST_WINDOW))
+            if hi <= lo:  # 99 % or more of the pixels share one value: the window is empty, use the full range
+                lo, hi = float(values.min()), float(values.max())
+            scaled = (np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
             gray = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
         elif image.mode != "L":
             gray = image.convert("L")
@@ -157,6 +181,11 @@ def _init_worker(queue) -> None:  # a multiprocessing queue
     _progress_queue = queue
 
 
+def _advance() -> None:
+    if _progress_queue is not None:
+        _progress_queue.put(1)
+
+
 @dataclass(frozen=True)
 class _ArchiveJob:
     archive: Path
@@ -164,6 +193,13 @@ class _ArchiveJob:
     array_path: Path
     offset: int  # bytes before row 0 in the .npy file
     size: int
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    if member.size > MAX_MEMBER_BYTES:
+        raise ValueError(f"member of {member.size:,} bytes, more than {MAX_MEMBER_BYTES:,}: not an image of this set")
+    handle = tar.extractfile(member)
+    return to_gray8(handle.read() if handle else b"", size)
 
 
 def _read_archive(job: _ArchiveJob) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, str]]]:
@@ -178,20 +214,19 @@ def _read_archive(job: _ArchiveJob) -> tuple[list[tuple[int, int, int]], list[tu
     try:
         with tarfile.open(job.archive, mode="r|gz") as tar:
             for member in tar:
-                name = PurePosixPath(member.name).name
+                archives.exit_if_orphaned()
+                name = archives.image_of(member.name)
                 if not member.isfile() or name not in remaining:
                     continue
                 row = remaining.pop(name)
                 try:
-                    handle = tar.extractfile(member)
-                    pixels, (width, height) = to_gray8(handle.read() if handle else b"", job.size)
+                    pixels, (width, height) = _read_member(tar, member, job.size)
                 except Exception as error:  # any decoding failure is this member's, not the stage's
                     rejects.append((name, archive, f"unreadable image: {type(error).__name__}: {error}"))
                 else:
                     os.pwrite(fd, pixels.tobytes(), job.offset + row * row_bytes)
                     found.append((row, width, height))
-                if _progress_queue is not None:
-                    _progress_queue.put(1)
+                _advance()
                 if not remaining:
                     break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
@@ -200,28 +235,71 @@ def _read_archive(job: _ArchiveJob) -> tuple[list[tuple[int, int, int]], list[tu
         os.close(fd)
     for name in remaining:
         rejects.append((name, archive, failure or f"not found in {archive}"))
-        if _progress_queue is not None:
-            _progress_queue.put(1)
+        _advance()
     return found, rejects
 
 
-def _scaled_boxes(boxes: list[tuple[float, float, float, float]], width: int, height: int, size: int) -> str:
+@dataclass(frozen=True)
+class BoxCounts:
+    """What became of the Pneumonia boxes of the cached Pneumonia images (see :func:`fit_box`)."""
+
+    kept: int = 0  # inside the image as given
+    clipped: int = 0  # partly outside: clipped to the image
+    dropped: int = 0  # wholly outside, or of no positive width or height
+
+
+def fit_box(box: Sequence[float], width: int, height: int) -> tuple[tuple[float, float, float, float] | None, str]:
+    """A box ``(x, y, w, h)`` fitted to a ``width`` × ``height`` image, and what was done: kept, clipped or dropped.
+
+    A box partly outside the image is clipped to it (the part inside is still where the finding is); a box wholly
+    outside, or with no positive width or height, is dropped (None): no part of it can be scored.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if not (w > 0 and h > 0):
+        return None, "dropped"
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None, "dropped"
+    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+        return (x, y, w, h), "kept"
+    return (x0, y0, x1 - x0, y1 - y0), "clipped"
+
+
+def _fitted_boxes(
+    image: str,
+    boxes: list[tuple[float, float, float, float]],
+    width: int,
+    height: int,
+    size: int,
+    tally: dict[str, int],
+) -> str:
+    """The image's boxes fitted to it (warning for each one clipped or dropped), scaled to ``size``, as JSON."""
     sx, sy = size / width, size / height
-    return json.dumps(
-        [[round(x * sx, 2), round(y * sy, 2), round(w * sx, 2), round(h * sy, 2)] for x, y, w, h in boxes]
-    )
+    out = []
+    for box in boxes:
+        fitted, outcome = fit_box(box, width, height)
+        tally[outcome] += 1
+        if outcome != "kept":
+            log.warning(
+                "%s: Pneumonia box %s is outside the %d × %d image: %s", image, list(box), width, height, outcome
+            )
+        if fitted is not None:
+            x, y, w, h = fitted
+            out.append([round(x * sx, 2), round(y * sy, 2), round(w * sx, 2), round(h * sy, 2)])
+    return json.dumps(out)
 
 
 @dataclass(frozen=True)
 class CacheResult:
     index: pd.DataFrame  # INDEX_COLUMNS, one row per array row
     rejects: pd.DataFrame  # REJECT_COLUMNS
+    boxes: BoxCounts = field(default_factory=BoxCounts)
 
 
 def build_cache(
     raw_dir: Path,
     cohort: pd.DataFrame,
-    archive_of: dict[str, str],
+    archive_of: Mapping[str, str],
     boxes: pd.DataFrame,
     out_dir: Path,
     *,
@@ -231,13 +309,16 @@ def build_cache(
 ) -> CacheResult:
     """Write ``images.npy``, ``index.csv`` and ``rejects.csv`` for ``cohort`` into ``out_dir`` (which must exist).
 
-    ``archive_of`` maps every image name to its archive (:func:`layout.assign_archives` of the full index);
-    ``boxes`` is the box list (metadata.BOX_COLUMNS), of which the Pneumonia boxes are scaled into the index.
+    ``archive_of`` maps image names to the archive that holds them (:func:`archives.archive_members`); an image of the
+    cohort it lacks is a reject ("not in any archive"). ``boxes`` is the box list (metadata.BOX_COLUMNS), of which the
+    Pneumonia boxes of Pneumonia images are fitted to the decoded image (:func:`fit_box`) and scaled into the index.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     images = cohort["image"].tolist()
-    archives = sorted({archive_of[i] for i in images})
-    missing = [a for a in archives if not (raw_dir / a).is_file()]
+    rejects: list[tuple[str, str, str]] = [(i, "", NOT_IN_ARCHIVE) for i in images if i not in archive_of]
+    located = [i for i in images if i in archive_of]
+    needed = sorted({archive_of[i] for i in located})
+    missing = [a for a in needed if not (raw_dir / a).is_file()]
     if missing:
         raise CxrError(
             f"{raw_dir}: missing archive(s) {', '.join(missing)} holding images of the cohort; "
@@ -249,26 +330,19 @@ def build_cache(
     )
     offset = int(array.offset)
     del array
+    row_of = {image: row for row, image in enumerate(images)}
     jobs = [
-        _ArchiveJob(
-            raw_dir / a,
-            {image: row for row, image in enumerate(images) if archive_of[image] == a},
-            array_path,
-            offset,
-            image_size,
-        )
-        for a in archives
+        _ArchiveJob(raw_dir / a, {i: row_of[i] for i in located if archive_of[i] == a}, array_path, offset, image_size)
+        for a in needed
     ]
     ctx = get_context("fork")
     queue = ctx.SimpleQueue()
     found: list[tuple[int, int, int]] = []
-    rejects: list[tuple[str, str, str]] = []
     with (
         item_progress("sampling images", total=len(images), unit="images", enabled=show_progress) as advance,
-        ProcessPoolExecutor(
-            max_workers=max(1, min(workers, len(jobs))), mp_context=ctx, initializer=_init_worker, initargs=(queue,)
-        ) as pool,
+        archives.worker_pool(min(workers, len(jobs)), _init_worker, (queue,)) as pool,
     ):
+        advance(len(images) - len(located))
         pending = {pool.submit(_read_archive, job) for job in jobs}
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -284,26 +358,124 @@ def build_cache(
     sizes = {row: (w, h) for row, w, h in found}
     rejected = {name for name, _, _ in rejects}
     kept = cohort[~cohort["image"].isin(rejected)].copy()
-    row_of = {image: row for row, image in enumerate(images)}
     old_rows = [row_of[i] for i in kept["image"]]
     if rejected:
         _compact(array_path, old_rows, image_size)
     pneumonia_boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     for r in boxes[boxes["finding"] == layout.PNEUMONIA].itertuples(index=False):
         pneumonia_boxes.setdefault(r.image, []).append((float(r.x), float(r.y), float(r.w), float(r.h)))
+    tally = dict.fromkeys(("kept", "clipped", "dropped"), 0)
     kept["row"] = range(len(kept))
     kept["archive"] = [archive_of[i] for i in kept["image"]]
     kept["width"] = [sizes[r][0] for r in old_rows]
     kept["height"] = [sizes[r][1] for r in old_rows]
     kept["boxes"] = [
-        _scaled_boxes(pneumonia_boxes.get(img, []) if lab == 1 else [], sizes[r][0], sizes[r][1], image_size)
+        _fitted_boxes(img, pneumonia_boxes.get(img, []) if lab == 1 else [], *sizes[r], image_size, tally)
         for img, lab, r in zip(kept["image"], kept["label"], old_rows, strict=True)
     ]
     index = kept[list(INDEX_COLUMNS)].reset_index(drop=True)
     reject_frame = pd.DataFrame(sorted(rejects), columns=list(REJECT_COLUMNS))
     index.to_csv(out_dir / INDEX_FILE, index=False)
     reject_frame.to_csv(out_dir / REJECTS_FILE, index=False)
-    return CacheResult(index, reject_frame)
+    return CacheResult(index, reject_frame, BoxCounts(**tally))
+
+
+def check_rejects(rejects: Sequence[tuple[str, str]], cohort_size: int, where: Path) -> None:
+    """Fail when more than :data:`MAX_REJECTED_SHARE` of the cohort is rejected (``rejects``: (image, reason) pairs).
+
+    The message gives the count, the share, the first reasons and what to do; nothing has been written then.
+    """
+    if len(rejects) <= MAX_REJECTED_SHARE * cohort_size:
+        return
+    shown = "; ".join(f"{image}: {reason}" for image, reason in list(rejects)[:3])
+    raise CxrError(
+        f"{where}: {len(rejects):,} of the {cohort_size:,} cohort images cannot be cached "
+        f"({len(rejects) / max(cohort_size, 1):.1%}, more than the {MAX_REJECTED_SHARE:.0%} tolerated), e.g. {shown}. "
+        f"The metadata ({layout.DATA_ENTRY}) and the archives do not belong together, or archives are missing or "
+        "damaged: run the download stage (dvc repro download)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole sampling
+
+
+def shortfall_lines(counts: Mapping[str, ClassCount]) -> list[str]:
+    """One line per class with fewer images than asked (ChestX-ray14 has 1,431 Pneumonia images, not 5,000)."""
+    return [
+        f"{name}: asked for {c.requested:,}, {c.available:,} exist ({c.available_patients:,} patients); "
+        f"taking {c.selected:,}"
+        for name, c in counts.items()
+        if c.shortfall
+    ]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """The cohort's counts (asked, available, taken) and the cache written for it."""
+
+    counts: dict[str, ClassCount]
+    cache: CacheResult
+
+    @property
+    def shortfall(self) -> list[str]:
+        return shortfall_lines(self.counts)
+
+    def metrics(self, source: str, image_size: int) -> dict:
+        """``metrics/sample.json``: the real counts, so a shortfall or a reject is on record, not only on screen."""
+        index, boxes = self.cache.index, self.cache.boxes
+        reasons = self.cache.rejects["reason"]
+        return {
+            "source": source,
+            "image_size": image_size,
+            "requested": {name: c.requested for name, c in self.counts.items()},
+            "counts": {name: asdict(c) for name, c in self.counts.items()},
+            "shortfall": bool(self.shortfall),
+            "rejected": len(self.cache.rejects),
+            "not_in_archive": int((reasons == NOT_IN_ARCHIVE).sum()),
+            "boxes": asdict(boxes),
+            "cached": {
+                "images": len(index),
+                "pneumonia": int((index["label"] == 1).sum()),
+                "no_finding": int((index["label"] == 0).sum()),
+                "patients": int(index["patient"].nunique()),
+                "pneumonia_with_boxes": int(((index["label"] == 1) & (index["boxes"] != "[]")).sum()),
+            },
+        }
+
+
+def sample_cache(
+    raw_dir: Path, p: SampleParams, out_dir: Path, *, seed: int, workers: int = 1, show_progress: bool = True
+) -> SampleResult:
+    """Read the metadata in ``raw_dir``, pick the cohort (:func:`select_cohort`), find its archives from their
+    headers and write the cache into ``out_dir`` (:func:`build_cache`).
+
+    Fails before decoding anything when more than :data:`MAX_REJECTED_SHARE` of the cohort is in no archive, and
+    after, when that share cannot be cached at all (:func:`check_rejects`).
+    """
+    raw_dir = Path(raw_dir)
+    entries = metadata.read_data_entry(raw_dir / layout.DATA_ENTRY)
+    boxes = metadata.read_bbox_list(raw_dir / layout.BBOX_LIST)
+    cohort, counts = select_cohort(
+        entries, positive=p.positive, views=p.views, per_class=p.per_class, balance=p.balance, seed=seed
+    )
+    for line in shortfall_lines(counts):
+        log.warning("cohort shortfall: %s", line)
+    archive_of = archives.archive_members(raw_dir, workers=workers)
+    absent = [(i, NOT_IN_ARCHIVE) for i in cohort["image"] if i not in archive_of]
+    check_rejects(absent, len(cohort), raw_dir)
+    cache = build_cache(
+        raw_dir,
+        cohort,
+        archive_of,
+        boxes,
+        out_dir,
+        image_size=p.image_size,
+        workers=workers,
+        show_progress=show_progress,
+    )
+    check_rejects(list(zip(cache.rejects["image"], cache.rejects["reason"], strict=True)), len(cohort), raw_dir)
+    return SampleResult(counts, cache)
 
 
 def _compact(array_path: Path, rows: list[int], size: int, chunk: int = 256) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from cxrexplain.config import Params
+from cxrexplain.data.archives import write_index
 from cxrexplain.data.sources import fill_raw
 from cxrexplain.workspace import Workspace
 
@@ -20,4 +21,5 @@ def run(params: Params, ws: Workspace | None = None, *, show_progress: bool = Tr
     """Fill ``ws.raw`` (the repository's ``data/raw/`` by default) for ``params.data``; fail loudly on bad files."""
     ws = Workspace() if ws is None else ws
     fill_raw(params.data, ws.raw, workers=params.workers, show_progress=show_progress)
+    write_index(ws.raw, workers=params.workers)  # archive_index.csv: which archive holds which image (sample reads it)
     log.info("%s holds the %s data, verified", ws.raw, params.data.source)
