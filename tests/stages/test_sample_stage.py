@@ -131,7 +131,7 @@ def test_stage_uses_the_workspace_and_the_archive_index(tmp_path, mirror, monkey
 def test_download_leaves_a_current_archive_index_for_sample(tmp_path):
     raw = Workspace(tmp_path).raw
     synthetic = {"source": "synthetic", "synthetic": {"patients": 20, "image_size": 32, "seed": 2}}
-    download.run(validate({"workers": 1, "data": synthetic}), raw, show_progress=False)
+    download.run(validate({"workers": 1, "data": synthetic}), Workspace(tmp_path), show_progress=False)
     index = archives.read_index(raw)
     assert index is not None and set(index["archive"]) == set(layout.ARCHIVE_NAMES)
     entries = metadata.read_data_entry(raw / layout.DATA_ENTRY)
