@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from cxrexplain import tracking
 from cxrexplain.config import Params, ReportParams
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
@@ -38,7 +39,7 @@ from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import PART_SUFFIX, atomic_dir, write_csv, write_json, write_text
-from cxrexplain.workspace import ExplainFiles
+from cxrexplain.workspace import ExplainFiles, ReportFiles
 
 STUDY = {"accuracy": 0.932, "precision": 0.918, "recall": 0.945, "auroc": 0.96, "heatmaps_on_region": 0.92}
 SYNTHETIC_BANNER = (
@@ -253,6 +254,21 @@ def publish(built: Path, reports: Path) -> None:
             os.replace(Path(built) / name, part)  # a folder renamed onto the fresh, empty one
     for name in ("metrics.json", "report.html", "report.md"):
         os.replace(Path(built) / name, Path(reports) / name)
+
+
+def log_runs(
+    refs: Mapping[str, Mapping[str, str]], params: Params, files: ReportFiles, metrics: Mapping, made: Mapping[str, str]
+) -> None:
+    """Each architecture's MLflow run gets its figures and report metrics; a summary run (in the store of the first
+    architecture's run) gets the report, tagged with the runs it covers."""
+    for arch, ref in refs.items():
+        figures = [files.figures / name for name in arch_figures(made, arch)]
+        tracking.log_artifacts(ref["run_id"], figures, "report", uri=ref["tracking_uri"])
+        tracking.log_metrics(ref["run_id"], flat_metrics(metrics["archs"][arch]), uri=ref["tracking_uri"])
+    if refs:
+        uri = next(iter(refs.values()))["tracking_uri"]
+        summary = tracking.summary_run(params, {a: ref["run_id"] for a, ref in refs.items()}, uri=uri)
+        tracking.log_artifacts(summary, [files.markdown, files.html, files.metrics, files.figures], "report", uri=uri)
 
 
 def arch_figures(made: Mapping[str, str], arch: str) -> list[str]:

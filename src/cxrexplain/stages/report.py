@@ -56,14 +56,7 @@ def run(
         split=_json(ws.stage_metrics("split")),
         consistency=_json(ws.consistency_metrics) if len(archs) == 2 else None,
     )
-    for a, ref in refs.items():
-        figures = [out.figures / name for name in report.arch_figures(made, a)]
-        tracking.log_artifacts(ref["run_id"], figures, "report", uri=ref["tracking_uri"])
-        tracking.log_metrics(ref["run_id"], report.flat_metrics(metrics["archs"][a]), uri=ref["tracking_uri"])
-    if refs:  # the summary run goes to the store of the first architecture's run
-        uri = next(iter(refs.values()))["tracking_uri"]
-        summary = tracking.summary_run(params, {a: ref["run_id"] for a, ref in refs.items()}, uri=uri)
-        tracking.log_artifacts(summary, [out.markdown, out.html, out.metrics, out.figures], "report", uri=uri)
+    report.log_runs(refs, params, out, metrics, made)
     log.info("report written to %s (report.md, report.html, metrics.json)", out.dir)
     return metrics
 
