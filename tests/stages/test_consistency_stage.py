@@ -8,6 +8,7 @@ import pytest
 from cxrexplain.config import validate
 from cxrexplain.errors import CxrError
 from cxrexplain.stages import consistency
+from cxrexplain.workspace import Workspace
 
 PARAMS = validate({"train": {"image_size": 32}, "explain": {"tie_orders": 2, "bootstrap": 50}})
 
@@ -24,7 +25,7 @@ def test_identical_pneumonia_maps_agree_perfectly(tmp_path):
     raw = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)  # no ties
     for arch in ("resnet50", "densenet121"):
         write_maps(tmp_path / "explain" / arch, raw, np.array([1, 1]))
-    metrics = consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
+    metrics = consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert metrics["explained_class"] == "Pneumonia" and metrics["images"] == 2
     assert metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
     assert metrics["methods"]["gradcam"]["top_iou"]["mean"] == pytest.approx(1.0)
@@ -39,7 +40,7 @@ def test_item3_maps_of_another_class_or_of_no_recorded_class_are_refused(tmp_pat
     write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
     write_maps(tmp_path / "explain" / "densenet121", raw, classes)
     with pytest.raises(CxrError, match=r"densenet121/maps.npz: does not record Pneumonia maps for every image"):
-        consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
+        consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert not (tmp_path / "metrics").exists()  # nothing written
 
 
@@ -48,4 +49,13 @@ def test_different_images_are_refused(tmp_path):
     write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
     write_maps(tmp_path / "explain" / "densenet121", raw, np.array([1, 1]), images=("a.png", "c.png"))
     with pytest.raises(CxrError, match="explained different images"):
-        consistency.run(PARAMS, explain_dir=tmp_path / "explain", metrics_dir=tmp_path / "metrics")
+        consistency.run(PARAMS, ws=Workspace(tmp_path))
+
+
+def test_missing_maps_name_the_explain_stage_to_run_and_nothing_is_written(tmp_path):
+    write_maps(tmp_path / "explain" / "resnet50", np.zeros((2, 4, 4), dtype=np.float32), np.array([1, 1]))
+    with pytest.raises(
+        CxrError, match=r"consistency: missing input .*densenet121/maps.npz .*`dvc repro explain@densenet121`"
+    ):
+        consistency.run(PARAMS, ws=Workspace(tmp_path))
+    assert not Workspace(tmp_path).consistency.exists() and not (tmp_path / "metrics").exists()

@@ -18,6 +18,7 @@ from cxrexplain.config import validate
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.single import explain_file
 from cxrexplain.stages import consistency, explain, train
+from cxrexplain.workspace import Workspace
 from tinydata import write_tiny_dataset
 
 PARAMS = {
@@ -155,7 +156,7 @@ def test_galleries_are_images_and_logged_to_the_train_run(project):
 
 def test_consistency_compares_the_two_architectures(project):
     root, params, _ = project
-    metrics = consistency.run(params, explain_dir=root / "explain", metrics_dir=root / "metrics")
+    metrics = consistency.run(params, ws=Workspace(root))
     assert metrics["images"] == 12
     assert set(metrics["methods"]) == set(CAMS)
     for entry in metrics["methods"].values():
