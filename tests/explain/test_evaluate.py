@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from cxrexplain.config import ExplainParams, FaithfulnessParams, SanityParams
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.evaluate import (
-    ExplainSettings,
     choose_subset,
     explain_images,
     outcomes,
@@ -22,7 +22,7 @@ from cxrexplain.explain.evaluate import (
     scale_boxes,
     summary_table,
 )
-from cxrexplain.explain.measures.registry import MEASURES, MeasureOptions, columns
+from cxrexplain.explain.measures.registry import MEASURES, columns
 from cxrexplain.models.backbones import Classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,13 +46,13 @@ def images_with_blobs(where: list[tuple[int, int]], value: float = 1.0, size: in
     return x
 
 
-CHEAP = ExplainSettings(
+CHEAP = ExplainParams(
     cams=("gradcam",),
     attributions=(),
     measures=("pointing", "energy", "iou", "sparseness"),
-    sanity_images=2,
-    sanity_modes=("top_down",),
-    measure=MeasureOptions(steps=4, orders=2),
+    tie_orders=2,
+    faithfulness=FaithfulnessParams(steps=4),
+    sanity=SanityParams(images=2, modes=("top_down",)),
 )
 
 
@@ -122,14 +122,14 @@ def test_every_method_is_measured_on_the_same_images():
     x = torch.randn(6, 1, 8, 8)
     labels = np.array([1, 1, 1, 0, 0, 0])
     boxes = [[[0.0, 0.0, 4.0, 4.0]], [], [[2.0, 2.0, 4.0, 4.0]], [], [], []]
-    settings = ExplainSettings(
+    settings = ExplainParams(
         cams=("gradcam", "layercam"),
         attributions=("saliency",),
         measures=tuple(MEASURES),
         subset=4,
-        sanity_images=2,
-        sanity_modes=("top_down",),
-        measure=MeasureOptions(steps=4, orders=2, road_percentiles=(25, 50, 75)),
+        tie_orders=2,
+        faithfulness=FaithfulnessParams(steps=4, road_percentiles=(25, 50, 75)),
+        sanity=SanityParams(images=2, modes=("top_down",)),
     )
     result = explain_images(model, x, labels, boxes, settings, patients=["a", "a", "b", "c", "c", "d"])
     table = result.per_image

@@ -12,9 +12,9 @@ import torchvision.models._api
 from PIL import Image
 
 from cxrexplain.errors import CxrError
+from cxrexplain.explain.pipeline import load_model
 from cxrexplain.explain.single import explain_file
 from cxrexplain.models.module import PneumoniaClassifier, load_checkpoint, read_checkpoint
-from cxrexplain.stages.explain import load_model
 
 
 class _Touch:

@@ -3,7 +3,10 @@
 import base64
 import io
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,8 @@ from PIL import Image
 
 from cxrexplain.config import validate
 from cxrexplain.errors import CxrError
+from cxrexplain.explain import pipeline
+from cxrexplain.explain.agreement import read_pneumonia_maps
 from cxrexplain.explain.single import explain_file
 from cxrexplain.stages import consistency, explain, train
 from cxrexplain.workspace import Workspace
@@ -59,18 +64,9 @@ def project(tmp_path_factory):
             metrics_dir=root / "metrics",
             show_progress=False,
         )
+    ws = Workspace(root)
     results = {
-        arch: explain.run(
-            params,
-            arch,
-            cache_dir=root / "data" / "cache",
-            split_file=root / "data" / "split.csv",
-            models_dir=root / "models",
-            explain_dir=root / "explain",
-            metrics_dir=root / "metrics",
-            device="cpu",
-            show_progress=False,
-        )
+        arch: explain.run(params, arch, ws=ws, device="cpu", show_progress=False)
         for arch in ("resnet50", "densenet121")
     }
     yield root, params, results
@@ -168,9 +164,9 @@ def test_consistency_compares_the_two_architectures(project):
 def test_youden_threshold_reproduces_the_explained_outcomes(project, tmp_path):
     root, params, _ = project
     youden = validate({**PARAMS, "explain": {**PARAMS["explain"], "threshold": "youden"}})
-    threshold = explain.choose_threshold(youden, root / "models" / "resnet50" / "predictions.csv")
+    threshold = pipeline.choose_threshold(youden.explain, Workspace(root).model("resnet50").predictions)
     assert 0 <= threshold <= 1
-    assert explain.choose_threshold(params, Path("unused")) == 0.5
+    assert pipeline.choose_threshold(params.explain, Path("unused")) == 0.5
 
 
 def test_explain_image_cli_writes_an_overlay(project, tmp_path):
@@ -200,17 +196,99 @@ def test_explain_image_cli_writes_an_overlay(project, tmp_path):
 
 def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
     write_tiny_dataset(tmp_path / "data")
-    with pytest.raises(CxrError, match=r"best.ckpt: not found; run the train stage first"):
-        explain.run(
-            validate(PARAMS),
-            "resnet50",
-            cache_dir=tmp_path / "data" / "cache",
-            split_file=tmp_path / "data" / "split.csv",
-            models_dir=tmp_path / "models",
-            explain_dir=tmp_path / "explain",
-            metrics_dir=tmp_path / "metrics",
-            log_to_mlflow=False,
-        )
+    with pytest.raises(CxrError, match=r"explain@resnet50: missing input .*best.ckpt.*run `dvc repro train@resnet50`"):
+        explain.run(validate(PARAMS), "resnet50", ws=Workspace(tmp_path), log_to_mlflow=False)
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the stage started its work before checking its inputs")
+
+
+def test_missing_inputs_are_named_before_any_work(project, tmp_path, monkeypatch):
+    root, params, _ = project
+    ws = Workspace(tmp_path)
+    monkeypatch.setattr(pipeline, "load_model", _never)
+    shutil.copytree(Workspace(root).model("resnet50").dir, ws.model("resnet50").dir)
+    with pytest.raises(
+        CxrError, match=r"explain@resnet50: missing input .*images.npy, .*index.csv .*dvc repro sample`"
+    ):
+        explain.run(params, "resnet50", ws=ws, log_to_mlflow=False)
+    shutil.copytree(Workspace(root).cache.dir, ws.cache.dir)
+    with pytest.raises(CxrError, match=r"explain@resnet50: missing input .*split.csv .*`dvc repro split` first"):
+        explain.run(params, "resnet50", ws=ws, log_to_mlflow=False)
+    ws.model("resnet50").run_ref.unlink()
+    with pytest.raises(CxrError, match=r"missing input .*mlflow_run.json .*`dvc repro train@resnet50` first"):
+        explain.run(params, "resnet50", ws=ws)  # logging needs the training's run
+    assert not ws.explain("resnet50").dir.exists()
+
+
+def test_a_run_missing_from_the_tracking_store_stops_explain_before_any_work(project, tmp_path, monkeypatch):
+    # after `dvc pull` on another machine the run reference names a run of a store that is not there: the old stage
+    # explained and measured everything, then failed with MLflow's "Run not found" when it logged
+    root, params, _ = project
+    ws = Workspace(tmp_path)
+    shutil.copytree(root / "data", tmp_path / "data")
+    shutil.copytree(Workspace(root).model("resnet50").dir, ws.model("resnet50").dir)
+    ref = json.loads(ws.model("resnet50").run_ref.read_text())
+    ws.model("resnet50").run_ref.write_text(json.dumps({**ref, "tracking_uri": f"sqlite:///{tmp_path}/fresh.db"}))
+    monkeypatch.setattr(pipeline, "explain_split", _never)
+    with pytest.raises(CxrError, match=rf"MLflow run {ref['run_id']} is not in the tracking store sqlite:///"):
+        explain.run(params, "resnet50", ws=ws, device="cpu", show_progress=False)
+    assert not ws.explain("resnet50").dir.exists() and not ws.stage_metrics("explain", "resnet50").exists()
+
+
+KILLED_WHILE_WRITING = """
+import json, os, signal, sys
+from cxrexplain.config import validate
+from cxrexplain.explain import gallery
+from cxrexplain.stages import explain
+from cxrexplain.workspace import Workspace
+
+def killed(*args, **kwargs):  # the galleries are drawn after the tables and maps.npz are written
+    os.kill(os.getpid(), signal.SIGKILL)
+
+gallery.outcome_gallery = killed
+params = validate(json.loads(sys.argv[2]))
+explain.run(params, "resnet50", ws=Workspace(sys.argv[1]), device="cpu", show_progress=False, log_to_mlflow=False)
+"""
+
+
+def test_a_kill_while_writing_leaves_the_old_complete_outputs(project, tmp_path):
+    # the audit: a SIGKILL during explain left 4 of 6 files, and a following report exited 0 without the galleries
+    root, _, _ = project
+    ws = Workspace(tmp_path)
+    shutil.copytree(root / "data", tmp_path / "data")
+    shutil.copytree(Workspace(root).model("resnet50").dir, ws.model("resnet50").dir)
+    shutil.copytree(Workspace(root).explain("resnet50").dir, ws.explain("resnet50").dir)
+    metrics_file = ws.stage_metrics("explain", "resnet50")
+    metrics_file.parent.mkdir(parents=True)
+    shutil.copy(Workspace(root).stage_metrics("explain", "resnet50"), metrics_file)
+    out = ws.explain("resnet50")
+    before = {p.name: p.read_bytes() for p in out.dir.iterdir()}
+    metrics_before = metrics_file.read_bytes()
+    cheap = {
+        "cams": ["gradcam"],
+        "attributions": [],
+        "measures": ["pointing"],
+        "sanity": {"images": 2, "modes": ["top_down"]},
+    }
+    cheap = {**PARAMS, "explain": {**PARAMS["explain"], **cheap}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_WRITING, str(tmp_path), json.dumps(cheap)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert {p.name: p.read_bytes() for p in out.dir.iterdir()} == before  # the old folder, whole and unchanged
+    assert metrics_file.read_bytes() == metrics_before
+    (part,) = out.dir.parent.glob(".resnet50.*.part")  # the new one, killed half-written, under a name no one reads
+    assert {"per_image.csv", "summary.csv", "maps.npz"} <= {p.name for p in part.iterdir()}
+    assert not (part / "gallery_gradcam.png").exists()
+    Workspace.require(out.complete, needed_by="consistency", made_by="explain@resnet50")  # a reader finds it complete
+    assert len(read_pneumonia_maps(out.maps, made_by="explain@resnet50").images) == 12
 
 
 def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):

@@ -1,7 +1,8 @@
 """Explain a set of images with every method and measure each explanation: the explain stage's library.
 
-:func:`explain_images` takes a model and plain tensors (images, labels, boxes, patients) and returns per-image tables,
-the sanity curve and maps; nothing here reads params, files or MLflow (the stage does).
+:func:`explain_images` takes a model, plain tensors (images, labels, boxes, patients) and the validated
+``params.explain`` section (:class:`~cxrexplain.config.ExplainParams`) and returns per-image tables, the sanity curve
+and maps; nothing here reads files or MLflow (:mod:`cxrexplain.explain.pipeline` and the stage do).
 
 One threshold defines everything that depends on the decision: image ``i`` is *predicted* Pneumonia when its
 probability exceeds ``threshold``, its outcome (TP/FP/FN/TN) follows from that, and its *decision map* explains that
@@ -11,7 +12,7 @@ predicted class. Which maps are measured, on which images (every method on the s
   with a Pneumonia box, whatever the prediction; a missed Pneumonia (FN) is no longer scored with a map of No Finding.
   Its ``TP`` group is the predicted-class map on true positives (CheXlocalize's protocol).
 - **faithfulness** and **complexity**: the decision map on the explain subset (balanced between the classes).
-- **sanity**: the decision maps of the first ``sanity_images`` of the subset, under cascading (top-down, bottom-up)
+- **sanity**: the decision maps of the first ``sanity.images`` of the subset, under cascading (top-down, bottom-up)
   and independent randomisation of the model's blocks.
 
 ``per_image`` has one row per (method, image, explained class): a Pneumonia-predicted image has one row (its
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,24 +36,36 @@ from cxrexplain.explain import attributions, cam
 from cxrexplain.explain.measures import consistency, localisation, ordering, sanity, statistics
 from cxrexplain.explain.measures.registry import MEASURES, MeasureBatch, MeasureOptions, columns
 
-MAPS_FILE = "maps.npz"  # explain/<arch>/: raw class-1 CAMs, written by the explain stage, read by consistency
-PNEUMONIA = 1
+if TYPE_CHECKING:
+    from cxrexplain.config import ExplainParams
+
+PNEUMONIA = 1  # the class of the raw maps kept for the consistency stage
 
 
-@dataclass(frozen=True)
-class ExplainSettings:
-    """How to explain and measure (the stage fills it from ``params.explain``)."""
+def measure_options(config: ExplainParams, image_size: int, seed: int) -> MeasureOptions:
+    """The measures' settings from ``params.explain``: the pointing tolerance in pixels of the ``image_size`` network
+    input, perturbed images scored in batches of four explain batches."""
+    f = config.faithfulness
+    return MeasureOptions(
+        level=config.iobb_level,
+        tolerance=config.pointing_tolerance * image_size,
+        steps=f.steps,
+        baseline=f.baseline,
+        road_percentiles=f.road_percentiles,
+        orders=config.tie_orders,
+        batch_size=config.batch_size * 4,
+        seed=seed,
+    )
 
-    cams: Sequence[str] = tuple(cam.CAM_METHODS)
-    attributions: Sequence[str] = tuple(attributions.ATTRIBUTION_METHODS)
-    measures: Sequence[str] = tuple(MEASURES)
-    batch_size: int = 16
-    subset: int | None = None
-    sanity_images: int = 32
-    sanity_modes: Sequence[str] = ("top_down", "bottom_up", "independent")
-    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # per attribution method
-    measure: MeasureOptions = field(default_factory=MeasureOptions)
-    seed: int = 0
+
+def attribution_options(config: ExplainParams) -> dict[str, dict[str, object]]:
+    """Per captum method, the keyword arguments of its function in :mod:`~cxrexplain.explain.attributions`."""
+    a = config.attribution
+    return {
+        "integrated_gradients": {"n_steps": a.ig_steps},
+        "occlusion": {"window": a.occlusion_window, "stride": a.occlusion_stride},
+        "gradient_shap": {"n_samples": a.shap_samples},
+    }
 
 
 @dataclass
@@ -122,21 +136,24 @@ def explain_images(
     images: torch.Tensor,
     labels: np.ndarray,
     boxes: Sequence[Sequence[Sequence[float]]],
-    settings: ExplainSettings,
+    config: ExplainParams,
     *,
     threshold: float = 0.5,
+    seed: int = 0,
     patients: Sequence[str] | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Explained:
     """Explain ``images`` (N, 1, H, W, normalised, on the model's device) with every method and measure the maps.
 
     ``labels`` (N,) are the true classes, ``boxes`` per image in pixels of the (H, W) input, ``patients`` (N,) the
-    patient of each image (the clusters of every interval; each image its own cluster if None). ``threshold``
-    (a probability) decides the predicted class, the outcomes and the class of the decision maps. ``advance`` is
-    called with the number of images done, for a progress bar.
+    patient of each image (the clusters of every interval; each image its own cluster if None). ``config`` is the
+    validated ``params.explain`` section (methods, measures, subset, sanity checks), ``seed`` the global seed (subset,
+    tie orders, randomisation). ``threshold`` (a probability) decides the predicted class, the outcomes and the class
+    of the decision maps. ``advance`` is called with the number of images done, for a progress bar.
     """
     n, _, height, width = images.shape
     device = images.device
+    options = measure_options(config, width, seed)
     labels = np.array(labels).astype(int)  # a copy: pandas may hand a read-only view
     patients = np.asarray(patients if patients is not None else [str(i) for i in range(n)]).astype(str)
     boxes = [[list(map(float, b)) for b in image_boxes] for image_boxes in boxes]
@@ -147,8 +164,8 @@ def explain_images(
     # CAMs: one feature pass per batch gives the probability, the class-1 maps and the decision maps
     logit_parts: list[torch.Tensor] = []
     cam_parts: list[cam.TwoClassCams] = []
-    for part in _batches(n, settings.batch_size):
-        result = cam.compute_pneumonia_and_decision_cams(model, images[part], settings.cams, threshold=threshold)
+    for part in _batches(n, config.batch_size):
+        result = cam.compute_pneumonia_and_decision_cams(model, images[part], config.cams, threshold=threshold)
         logit_parts.append(result.logits)
         cam_parts.append(result)
         advance(part.stop - part.start)
@@ -157,9 +174,9 @@ def explain_images(
     predicted = (probability > threshold).astype(int)
     classes = torch.as_tensor(predicted, device=device)
 
-    subset = choose_subset(labels, settings.subset, settings.seed)
+    subset = choose_subset(labels, config.subset, seed)
     roles: dict[str, dict[str, _Maps]] = {"pneumonia": {}, "decision": {}}
-    for method in settings.cams:
+    for method in config.cams:
         class1 = torch.cat([r.pneumonia.maps[method] for r in cam_parts])
         raw1 = torch.cat([r.pneumonia.raw[method] for r in cam_parts])
         decision = torch.cat([r.decision.maps[method] for r in cam_parts])
@@ -173,10 +190,10 @@ def explain_images(
         ("pneumonia", boxed, torch.ones(len(boxed), dtype=torch.long, device=device)),
         ("decision", subset, classes[subset]),
     ):
-        if len(rows) and settings.attributions:
+        if len(rows) and config.attributions:
             idx = torch.as_tensor(rows, device=device)
             maps = attributions.compute_attributions(
-                model, images[idx], explained, settings.attributions, settings.batch_size, settings.options
+                model, images[idx], explained, config.attributions, config.batch_size, attribution_options(config)
             )
             for method, m in maps.items():
                 roles[role][method] = _Maps(rows, explained, m, None)
@@ -193,14 +210,11 @@ def explain_images(
             "has_box": has_box,
             "in_subset": np.isin(np.arange(n), subset),
             "chance": localisation.chance_level(masks).cpu().numpy(),
-            "centre_prior": localisation.centre_prior(masks, tolerance=settings.measure.tolerance)
-            .float()
-            .cpu()
-            .numpy(),
+            "centre_prior": localisation.centre_prior(masks, tolerance=options.tolerance).float().cpu().numpy(),
         }
     )
     frames = []
-    methods = [*settings.cams, *settings.attributions]
+    methods = [*config.cams, *config.attributions]
     for method in methods:
         for role in ("pneumonia", "decision"):
             found = roles[role][method]
@@ -219,32 +233,30 @@ def explain_images(
                 classes=found.classes,
                 masks=masks[idx],
                 boxes=[boxes[i] for i in found.rows],
-                options=settings.measure,
+                options=options,
                 raw=found.raw,
             )
-            for name in settings.measures:
+            for name in config.measures:
                 measure = MEASURES[name]
                 if measure.on != role:
                     continue
                 for key, values in measure.compute(batch).items():
                     table[key] = values.detach().double().cpu().numpy()
             frames.append(table)
-    per_image = _merge_roles(pd.concat(frames, ignore_index=True), settings.measures)
+    per_image = _merge_roles(pd.concat(frames, ignore_index=True), config.measures)
 
-    sanity_rows = subset[: settings.sanity_images]
-    curve = _sanity(model, images[torch.as_tensor(sanity_rows, device=device)], classes[sanity_rows], settings)
+    sanity_rows = subset[: config.sanity.images]
+    curve = _sanity(model, images[torch.as_tensor(sanity_rows, device=device)], classes[sanity_rows], config, seed)
 
     return Explained(
         per_image=per_image,
         sanity=curve,
         decision_maps={
-            m: torch.cat([r.decision.maps[m] for r in cam_parts]).cpu().numpy().astype(np.float16)
-            for m in settings.cams
+            m: torch.cat([r.decision.maps[m] for r in cam_parts]).cpu().numpy().astype(np.float16) for m in config.cams
         },
         pneumonia_maps={m: roles["pneumonia"][m].maps.cpu().numpy().astype(np.float16) for m in methods},
         raw={
-            m: torch.cat([r.pneumonia.raw[m] for r in cam_parts]).cpu().numpy().astype(np.float32)
-            for m in settings.cams
+            m: torch.cat([r.pneumonia.raw[m] for r in cam_parts]).cpu().numpy().astype(np.float32) for m in config.cams
         },
         subset=subset,
         boxed=boxed,
@@ -270,32 +282,28 @@ def _merge_roles(table: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:
     ]
 
 
-def _sanity(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, settings: ExplainSettings) -> pd.DataFrame:
+def _sanity(
+    model: nn.Module, images: torch.Tensor, classes: torch.Tensor, config: ExplainParams, seed: int
+) -> pd.DataFrame:
     """The randomisation curve for every method. The CAMs share one pass per randomisation step: their maps are
     stacked along the batch (method-major), so the features of each randomised model are computed once."""
     frames = []
     b = len(images)
     if b == 0:
         return pd.DataFrame(columns=["method", "mode", "step", "block", "image", "spearman", "spearman_abs", "ssim"])
-    if settings.cams:
-        cams = tuple(settings.cams)
+    modes = tuple(config.sanity.modes)
+    if config.cams:
+        cams = tuple(config.cams)
 
         def all_cams(m: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             maps = cam.compute_cams(m, x, cams, classes=c).maps
             return torch.cat([maps[name] for name in cams])
 
-        stacked = sanity.randomisation_curve(
-            model, images, classes, all_cams, seed=settings.seed, modes=tuple(settings.sanity_modes), methods=cams
-        )
+        stacked = sanity.randomisation_curve(model, images, classes, all_cams, seed=seed, modes=modes, methods=cams)
         frames.append(stacked)
-    for method in settings.attributions:
+    for method in config.attributions:
         table = sanity.randomisation_curve(
-            model,
-            images,
-            classes,
-            signed_explainer(method, settings),
-            seed=settings.seed,
-            modes=tuple(settings.sanity_modes),
+            model, images, classes, signed_explainer(method, config), seed=seed, modes=modes
         )
         table.insert(0, "method", method)
         frames.append(table)
@@ -303,7 +311,7 @@ def _sanity(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, setti
 
 
 def signed_explainer(
-    method: str, settings: ExplainSettings
+    method: str, config: ExplainParams
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``explain_fn(model, images, classes) -> signed maps``: CAM maps (non-negative), raw captum attributions."""
     if method in cam.CAM_METHODS:
@@ -312,7 +320,7 @@ def signed_explainer(
     def explain(model: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         fn = attributions.ATTRIBUTION_METHODS[method]
         with cam.evaluating(model):
-            return fn(model, x, c, batch_size=settings.batch_size, **dict(settings.options.get(method, {})))
+            return fn(model, x, c, batch_size=config.batch_size, **attribution_options(config).get(method, {}))
 
     return explain
 

@@ -1,13 +1,15 @@
 """Drawing explanations: jet overlays on the grayscale image, boxes outlined, captions; grids saved as PNG.
 
 Everything here takes numpy arrays (images in 0..1 or 0..255, maps in 0..1) and writes files atomically; nothing here
-computes an explanation. Matplotlib runs on the non-interactive Agg backend.
+computes an explanation. :func:`explanation_galleries` draws the explain stage's two figures from what
+:func:`~cxrexplain.explain.evaluate.explain_images` returned. Matplotlib runs on the non-interactive Agg backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,6 +20,12 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from cxrexplain.evaluation.figures import save_figure
+from cxrexplain.explain.evaluate import outcomes
+
+if TYPE_CHECKING:
+    from cxrexplain.config import GalleryParams
+    from cxrexplain.explain.evaluate import Explained
+    from cxrexplain.workspace import ExplainFiles
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
 OUTCOME_TITLES = {
@@ -133,3 +141,61 @@ def single_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path, *, title:
     _draw(axes[0, 0], image, None, [], "input")
     _draw(axes[0, 1], image, heatmap, [], title)
     return save_figure(fig, path)
+
+
+SYNTHETIC_NOTE = " · SYNTHETIC data, not medical evidence"
+
+
+def explanation_galleries(
+    files: ExplainFiles,
+    shown: np.ndarray,
+    boxes: Sequence[Sequence[Box]],
+    labels: np.ndarray,
+    result: Explained,
+    threshold: float,
+    *,
+    title: str,
+    config: GalleryParams,
+    synthetic: bool,
+) -> list[Path]:
+    """The explain stage's figures: the decision maps of Grad-CAM (else the first CAM) per outcome at ``threshold``
+    (``gallery_<method>.png``) and every method's Pneumonia map on the first images with boxes (``methods.png``).
+
+    ``shown`` (N, H, W) are the network's inputs in 0..1, ``boxes`` in their pixels, ``labels`` the true classes;
+    ``title`` (the architecture) heads each figure, marked as synthetic data when ``synthetic``.
+    """
+    note = SYNTHETIC_NOTE if synthetic else ""
+    outcome = outcomes(labels, result.predicted)
+    captions = [
+        caption(int(lab), float(p)) + f"\nmap of {'Pneumonia' if c == 1 else 'No Finding'}"
+        for lab, p, c in zip(labels, result.probability, result.predicted, strict=True)
+    ]
+    figures = []
+    for method in [m for m in ("gradcam",) if m in result.decision_maps] or list(result.decision_maps)[:1]:
+        maps = result.decision_maps[method].astype(np.float32)
+        figures.append(
+            outcome_gallery(
+                shown,
+                list(maps),
+                boxes,
+                captions,
+                list(outcome),
+                files.gallery(method),
+                per_outcome=config.per_outcome,
+                title=f"{title} · {method} · decision maps at threshold {threshold:.2f}{note}",
+            )
+        )
+    rows = list(range(min(config.compare_images, len(result.boxed))))
+    if rows:
+        chosen = [int(result.boxed[r]) for r in rows]
+        figures.append(
+            method_grid(
+                [shown[i] for i in chosen],
+                {m: [maps[r].astype(np.float32) for r in rows] for m, maps in result.pneumonia_maps.items()},
+                [boxes[i] for i in chosen],
+                [caption(int(labels[i]), float(result.probability[i])) for i in chosen],
+                files.methods_figure,
+                title=f"{title} · every method's map of Pneumonia on images with boxes{note}",
+            )
+        )
+    return figures
