@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -142,7 +142,9 @@ class TrainParams(_Section):
         None, description="BCE weight of Pneumonia: null (none), a number, or auto (negatives / positives in train)"
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
-    devices: int | Literal["auto"] = Field("auto", description="devices per node (GPUs, or CPU processes for ddp)")
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="devices per node (GPUs, or CPU processes for ddp): at least 1, or auto"
+    )
     strategy: Literal["auto", "ddp", "ddp_spawn"] = Field("auto", description="auto, or ddp for multi-GPU / multi-node")
     num_nodes: int = Field(1, ge=1, description="machines in a multi-node run")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
@@ -250,7 +252,7 @@ class ReportParams(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(42, description="global seed: sampling, splitting, training")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="global seed: sampling, splitting, training (numpy's range)")
     workers: int = Field(
         4, ge=0, description="processes for parallel work (rendering, archives, data loading; 0: in the main process)"
     )
