@@ -69,3 +69,23 @@ def test_fast_dev_run_logs_the_same_metric_names(tiny):
         assert {f"{stage}/{m}" for m in METRIC_NAMES} <= logged
     assert module.loss.pos_weight.item() == 2.0
     assert len(module.history) == 1 and "val/auroc" in module.history[0]
+
+
+def test_an_epochs_batches_depend_on_the_seed_and_the_epoch_only(tiny):
+    """Not on the loader workers nor on the process's RNG state: what makes a resume (and any `workers`) exact."""
+    cache, split = tiny
+
+    def batches(workers: int, epoch: int, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = CxrDataModule(cache, split, image_size=32, batch_size=8, num_workers=workers, seed=seed)
+        loader = loader.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+        loader.dataset.set_epoch(epoch)  # as the training's EpochSeeds callback does
+        torch.manual_seed(100 * workers + epoch)  # a different process RNG state each time: it must not matter
+        return [(batch["row"], batch["image"]) for batch in loader]
+
+    first, again = batches(0, 1), batches(2, 1)
+    assert len(first) == 3
+    for (rows, images), (rows_again, images_again) in zip(first, again, strict=True):
+        assert torch.equal(rows, rows_again) and torch.equal(images, images_again)
+    for other in (batches(0, 2), batches(0, 1, seed=4)):  # another epoch or seed: another order and augmentation
+        assert not torch.equal(torch.cat([r for r, _ in first]), torch.cat([r for r, _ in other]))
