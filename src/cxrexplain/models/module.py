@@ -80,7 +80,13 @@ class PneumoniaClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_metrics)
+        loss = self._step(batch, "train", self.train_metrics)
+        if not torch.isfinite(loss.detach()).item():  # one sync per step: a diverged run stops at once, named
+            raise CxrError(
+                f"train@{self.hparams.arch}: loss is {float(loss)} at epoch {self.current_epoch} step {batch_idx}; "
+                f"the training diverged: lower train.lr (now {self.hparams.lr:g}), or check the cached images"
+            )
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val", self.val_metrics)
@@ -163,7 +169,12 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Pne
     from are needed. ``hparams`` keep the checkpoint's values (``pretrained`` included). A truncated, foreign or unsafe
     file is a :class:`CxrError` naming it.
     """
-    checkpoint = read_checkpoint(path, map_location="cpu")
+    return module_from_checkpoint(read_checkpoint(path, map_location="cpu"), path).to(device)
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> PneumoniaClassifier:
+    """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors);
+    in eval mode, on the CPU."""
     hparams = dict(checkpoint["hyper_parameters"])
     try:
         module = PneumoniaClassifier(**{**hparams, "pretrained": "none"})
@@ -173,4 +184,4 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Pne
         raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {first})") from None
     module.hparams.update(hparams)  # e.g. pretrained: imagenet, as trained
     module.on_load_checkpoint(checkpoint)
-    return module.to(device).eval()
+    return module.eval()
