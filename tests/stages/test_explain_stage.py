@@ -55,15 +55,7 @@ def project(tmp_path_factory):
     params = validate(PARAMS)
     for arch, epochs in (("resnet50", 1), ("densenet121", 1)):
         p = validate({**PARAMS, "train": {**PARAMS["train"], "max_epochs": epochs}})
-        train.run(
-            p,
-            arch,
-            cache_dir=root / "data" / "cache",
-            split_file=root / "data" / "split.csv",
-            models_dir=root / "models",
-            metrics_dir=root / "metrics",
-            show_progress=False,
-        )
+        train.run(p, arch, ws=Workspace(root), show_progress=False)
     ws = Workspace(root)
     results = {
         arch: explain.run(params, arch, ws=ws, device="cpu", show_progress=False)
