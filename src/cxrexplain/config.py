@@ -143,7 +143,7 @@ class TrainParams(_Section):
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
     devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="devices per node (GPUs, or CPU processes for ddp): at least 1, or auto"
+        "auto", description="devices per node (GPUs, or CPU processes for ddp)"
     )
     strategy: Literal["auto", "ddp", "ddp_spawn"] = Field("auto", description="auto, or ddp for multi-GPU / multi-node")
     num_nodes: int = Field(1, ge=1, description="machines in a multi-node run")
@@ -252,7 +252,7 @@ class ReportParams(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="global seed: sampling, splitting, training (numpy's range)")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="global seed: sampling, splitting, training")
     workers: int = Field(
         4, ge=0, description="processes for parallel work (rendering, archives, data loading; 0: in the main process)"
     )
