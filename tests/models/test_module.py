@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrexplain.data.datamodule import Augment, CxrDataModule, eval_transform, read_split, train_transform
+from cxrexplain.config import AugmentParams
+from cxrexplain.data.datamodule import CxrDataModule, eval_transform, read_split, train_transform
 from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
 from cxrexplain.models.module import METRIC_NAMES, PneumoniaClassifier
@@ -26,11 +27,11 @@ def test_eval_transform_resizes_and_normalises_deterministically():
 
 def test_train_transform_augments_and_zero_switches_it_off():
     image = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
-    augmented = [train_transform(32, Augment())(image=image)["image"] for _ in range(4)]
+    augmented = [train_transform(32, AugmentParams())(image=image)["image"] for _ in range(4)]
     assert any(not np.allclose(augmented[0], a) for a in augmented[1:])
-    names = [type(t).__name__ for t in train_transform(32, Augment()).transforms]
+    names = [type(t).__name__ for t in train_transform(32, AugmentParams()).transforms]
     assert names == ["Resize", "Affine", "HorizontalFlip", "RandomBrightnessContrast", "Normalize"]
-    off = train_transform(32, Augment(0, 0, 0, 0, 0))
+    off = train_transform(32, AugmentParams(rotate_deg=0.0, zoom=0.0, hflip=0.0, contrast=0.0, brightness=0.0))
     assert [type(t).__name__ for t in off.transforms] == ["Resize", "Normalize"]
     assert np.allclose(off(image=image)["image"], eval_transform(32)(image=image)["image"])
 

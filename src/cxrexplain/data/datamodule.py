@@ -14,7 +14,6 @@ any epoch hook runs) and does not keep its workers between epochs, so every epoc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -24,20 +23,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from cxrexplain.config import AugmentParams
 from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentations; 0 switches one off."""
-
-    rotate_deg: float = 10.0
-    zoom: float = 0.10
-    hflip: float = 0.5
-    contrast: float = 0.2
-    brightness: float = 0.2
 
 
 def epoch_seed(seed: int, epoch: int, *stream: int) -> int:
@@ -52,7 +41,7 @@ def eval_transform(size: int) -> A.Compose:
     return A.Compose([A.Resize(size, size), A.Normalize(mean=GRAY_MEAN, std=GRAY_STD, max_pixel_value=255.0)])
 
 
-def train_transform(size: int, aug: Augment) -> A.Compose:
+def train_transform(size: int, aug: AugmentParams) -> A.Compose:
     """The study's augmentations, then :func:`eval_transform`'s resize and normalisation."""
     steps: list[A.BasicTransform] = [A.Resize(size, size)]
     if aug.rotate_deg or aug.zoom:
@@ -157,7 +146,7 @@ class CxrDataModule(L.LightningDataModule):
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 0,
-        augment: Augment = Augment(),
+        augment: AugmentParams | None = None,
         permute_train_labels: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -169,7 +158,7 @@ class CxrDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.augment = augment
+        self.augment = augment or AugmentParams()  # the validated train.augment section; None: its defaults
         self.table: pd.DataFrame | None = None
         self.images: np.ndarray | None = None
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxrexplain.config import Params
-from cxrexplain.data.datamodule import Augment, CxrDataModule
+from cxrexplain.config import AugmentParams, Params
+from cxrexplain.data.datamodule import CxrDataModule
 from cxrexplain.models.backbones import Classifier
 from cxrexplain.models.module import PneumoniaClassifier
 
-NO_AUGMENTATION = Augment(rotate_deg=0.0, zoom=0.0, hflip=0.0, contrast=0.0, brightness=0.0)
+NO_AUGMENTATION = AugmentParams(rotate_deg=0.0, zoom=0.0, hflip=0.0, contrast=0.0, brightness=0.0)
 
 
 def train_on_permuted_labels(

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from cxrexplain import tracking
 from cxrexplain.config import ARCHS, Params
-from cxrexplain.data.datamodule import Augment, CxrDataModule, epoch_seed
+from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import atomic_file
@@ -273,7 +273,7 @@ def prepare(
         image_size=t.image_size,
         batch_size=t.batch_size,
         num_workers=workers,
-        augment=Augment(**t.augment.model_dump()),
+        augment=t.augment,
         seed=params.seed,
     )
     for split in ("train", "val", "test"):
