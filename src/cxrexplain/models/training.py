@@ -151,8 +151,10 @@ class EpochCheckpoint(Checkpoint):
         self.stopped = bool(trainer.should_stop)
         if score < self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
-            trainer.save_checkpoint(self.best_path)  # the full state: weights, optimizer, loops, callbacks
-        trainer.save_checkpoint(self.last_path)
+            # the full state (weights, optimizer, loops, callbacks: what a resume needs), said explicitly; it is the
+            # *loading* that is weights-only (read_checkpoint), whatever a checkpoint holds
+            trainer.save_checkpoint(self.best_path, weights_only=False)
+        trainer.save_checkpoint(self.last_path, weights_only=False)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped:  # resumed after early stopping had ended it: nothing more to train
