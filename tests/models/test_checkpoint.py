@@ -140,5 +140,7 @@ def test_no_code_reads_a_checkpoint_unsafely():
     root = pathlib.Path(sys.modules["cxrexplain"].__file__).parent
     for source in root.rglob("*.py"):
         text = source.read_text()
-        assert "weights_only=False" not in text, source
+        # saving the full state is fine (save_checkpoint(..., weights_only=False)); loading must never unpickle
+        loads = [line for line in text.splitlines() if "weights_only=False" in line and "save_checkpoint" not in line]
+        assert not loads, (source, loads)
         assert "load_from_checkpoint" not in text, source

@@ -31,7 +31,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from captum.attr import GradientShap, IntegratedGradients, Occlusion, Saliency
 from torch import nn
 
 from cxrexplain.errors import CxrError
@@ -42,6 +41,13 @@ BLACK: float = -GRAY_MEAN / GRAY_STD
 """A black pixel (0 in [0, 1]) in the normalised units the model sees: ``(0 - GRAY_MEAN) / GRAY_STD`` ≈ -1.987."""
 
 Reduce = Literal["abs", "positive"]
+
+
+def _captum():  # -> the captum.attr module
+    """captum, imported when a method runs (reading the registry, as config validation does, stays cheap)."""
+    import captum.attr
+
+    return captum.attr
 
 
 class AttributionMethod(Protocol):
@@ -122,7 +128,7 @@ def saliency(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *, b
     """
     _check(images, batch_size)
     forward = signed_forward(model)
-    method = Saliency(forward)
+    method = _captum().Saliency(forward)
     out = []
     for part in _chunks(len(images), batch_size):
         x = images[part].detach().requires_grad_()
@@ -148,7 +154,7 @@ def integrated_gradients(
     on a radiograph, where opacities are bright. Completeness: ``Σ A = s(x) − s(b)`` up to the quadrature error.
     """
     _check(images, batch_size)
-    method = IntegratedGradients(signed_forward(model))
+    method = _captum().IntegratedGradients(signed_forward(model))
     out = []
     for part in _chunks(len(images), batch_size):
         x = images[part].detach()
@@ -185,7 +191,7 @@ def occlusion(
     height, width = images.shape[-2:]
     w_h, w_w = _pixels(window, height), _pixels(window, width)
     s_h, s_w = _pixels(stride, height), _pixels(stride, width)
-    method = Occlusion(signed_forward(model))
+    method = _captum().Occlusion(signed_forward(model))
     out = []
     for part in _chunks(len(images), batch_size):
         x = images[part].detach()
@@ -222,7 +228,7 @@ def gradient_shap(
     The noise images and the draws come from ``seed``, without touching the caller's random streams.
     """
     _check(images, batch_size)
-    method = GradientShap(signed_forward(model))
+    method = _captum().GradientShap(signed_forward(model))
     per_chunk = max(1, batch_size // n_samples)
     with seeded(seed, images.device):
         shape = (noise_baselines, *images.shape[1:])

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from cxrexplain.errors import CxrError
@@ -31,17 +30,31 @@ GRAY_STD = 0.226
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone: the torchvision constructor, its ImageNet weights, and how to cut it."""
+    """How to build one backbone: the torchvision constructor and ImageNet weights (by name: torchvision is imported
+    when a model is built, not when the registry is read, so validating a config stays cheap), and how to cut it."""
 
-    name: str
-    constructor: Callable[..., nn.Module]
-    weights: torchvision.models.WeightsEnum
+    name: str  # also the torchvision constructor's name
+    weights_name: str  # ``<WeightsEnum>.<member>`` in ``torchvision.models``
     cut: Callable[[nn.Module], tuple[nn.Module, int]]  # torchvision model -> (features incl. target layer, channels)
     first_conv: Callable[[nn.Module], str]  # dotted name of the first convolution inside the torchvision model
     target_layer: str  # human-readable name of the CAM layer, for reports
     # the blocks of ``Classifier.features`` for the sanity checks' cascading randomisation, output first (the head
     # comes before them); together with the head they hold every parameter of the model
     blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]]
+
+    def constructor(self, **kwargs: object) -> nn.Module:
+        """``torchvision.models.<name>(**kwargs)``."""
+        import torchvision
+
+        return getattr(torchvision.models, self.name)(**kwargs)
+
+    @property
+    def weights(self):  # -> torchvision.models.WeightsEnum
+        """The ImageNet weights' enum member."""
+        import torchvision
+
+        enum, member = self.weights_name.split(".")
+        return getattr(getattr(torchvision.models, enum), member)
 
 
 def _resnet_cut(model: nn.Module) -> tuple[nn.Module, int]:
@@ -85,8 +98,7 @@ def _densenet_blocks(features: nn.Module) -> list[tuple[str, nn.Module]]:
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
         "resnet50",
-        torchvision.models.resnet50,
-        torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+        "ResNet50_Weights.IMAGENET1K_V2",
         _resnet_cut,
         lambda m: "conv1",
         "layer4 (output)",
@@ -94,8 +106,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     "densenet121": BackboneSpec(
         "densenet121",
-        torchvision.models.densenet121,
-        torchvision.models.DenseNet121_Weights.IMAGENET1K_V1,
+        "DenseNet121_Weights.IMAGENET1K_V1",
         _densenet_cut,
         lambda m: "features.conv0",
         "features.norm5 + ReLU (output)",
