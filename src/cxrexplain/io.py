@@ -46,6 +46,18 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
 
 
 @contextmanager
+def scratch_dir(path: Path | str) -> Iterator[Path]:
+    """A new, empty, uniquely named folder beside ``path`` (``.<name>.<random>.part``), removed when the block ends."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent))
+    try:
+        yield part
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+
+
+@contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yields an empty, uniquely named temporary folder beside ``path``; on success it replaces ``path``.
 
@@ -53,23 +65,21 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     ``path`` is either the complete old folder, absent for the time of one rename, or the complete new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent))
     aside: list[Path] = []
     try:
-        yield part
-        while True:  # another writer may put its folder in place between our two renames: move it aside too
-            if path.exists():
-                aside.append(_temporary_name(path))
-                os.replace(path, aside[-1])
-            try:
-                os.replace(part, path)
-                break
-            except OSError as error:
-                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
+        with scratch_dir(path) as part:  # after the rename below there is nothing left for it to remove
+            yield part
+            while True:  # another writer may put its folder in place between our two renames: move it aside too
+                if path.exists():
+                    aside.append(_temporary_name(path))
+                    os.replace(path, aside[-1])
+                try:
+                    os.replace(part, path)
+                    break
+                except OSError as error:
+                    if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
     finally:
-        shutil.rmtree(part, ignore_errors=True)
         for old in aside:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from cxrexplain.evaluation import figures
 from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
-from cxrexplain.io import PART_SUFFIX, atomic_dir, write_csv, write_json, write_text
+from cxrexplain.io import atomic_dir, scratch_dir, write_csv, write_json, write_text
 from cxrexplain.workspace import ExplainFiles, ReportFiles
 
 STUDY = {"accuracy": 0.932, "precision": 0.918, "recall": 0.945, "auroc": 0.96, "heatmaps_on_region": 0.92}
@@ -234,12 +233,9 @@ def write(inputs: Mapping[str, ArchInputs], reports: Path, **content) -> tuple[d
     """
     reports = Path(reports)
     reports.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{reports.name}.", suffix=PART_SUFFIX, dir=reports.parent))
-    try:
+    with scratch_dir(reports) as built:
         result = build(inputs, folder=built, **content)
         publish(built, reports)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
     return result
 
 
