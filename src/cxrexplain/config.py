@@ -269,6 +269,12 @@ class Params(_Section):
 # Loading and validation
 
 
+def require_arch(arch: str, stage: str) -> None:
+    """A :class:`CxrError` naming ``stage`` and the available architectures unless ``arch`` is one of :data:`ARCHS`."""
+    if arch not in ARCHS:
+        raise CxrError(f"{stage}: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
+
+
 def _format_errors(source: str, error: ValidationError) -> str:
     lines = [f"{source}: invalid parameters"]
     for err in error.errors():

@@ -18,11 +18,13 @@ is generated from the measure registry: a new measure appears in the report with
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +40,7 @@ from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import atomic_dir, scratch_dir, write_csv, write_json, write_text
-from cxrexplain.workspace import ExplainFiles, ReportFiles
+from cxrexplain.workspace import ExplainFiles, ReportFiles, Workspace
 
 STUDY = {"accuracy": 0.932, "precision": 0.918, "recall": 0.945, "auroc": 0.96, "heatmaps_on_region": 0.92}
 SYNTHETIC_BANNER = (
@@ -88,6 +90,51 @@ class RunFacts:
     @property
     def synthetic(self) -> bool:
         return self.source == "synthetic"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the report reads, loaded: per architecture, and the sample/split/consistency metrics."""
+
+    archs: dict[str, ArchInputs]
+    sample: dict
+    split: dict
+    consistency: dict | None  # only with two architectures: the consistency stage compares exactly two
+
+
+def read_inputs(ws: Workspace, archs: Sequence[str], *, run_refs: bool) -> Inputs:
+    """Load every file the report reads from ``ws``, after checking all are there (:meth:`Workspace.require`: else a
+    :class:`CxrError` naming the missing file and the stage that makes it). ``run_refs``: the MLflow run references
+    are needed too (the report logs into the runs)."""
+    need = partial(ws.require, needed_by="report")
+    need([ws.stage_metrics("sample"), ws.stage_metrics("split")], made_by="sample split")
+    for a in archs:
+        m = ws.model(a)
+        need([m.predictions, m.history, *([m.run_ref] if run_refs else [])], made_by=f"train@{a}")
+        need([*ws.explain(a).complete, ws.stage_metrics("explain", a)], made_by=f"explain@{a}")
+    if len(archs) == 2:
+        need([ws.consistency_metrics], made_by="consistency")
+    explained = {a: _json(ws.stage_metrics("explain", a)) for a in archs}
+    galleries = {a: linked_galleries(explained[a], ws.explain(a)) for a in archs}
+    for a in archs:
+        need(galleries[a].values(), made_by=f"explain@{a}")
+    loaded = {
+        a: ArchInputs(
+            predictions=pd.read_csv(ws.model(a).predictions),
+            history=pd.read_csv(ws.model(a).history),
+            explained=explained[a],
+            paired=pd.read_csv(ws.explain(a).paired),
+            sanity_curve=pd.read_csv(ws.explain(a).sanity_curve),
+            galleries=galleries[a],
+        )
+        for a in archs
+    }
+    consistency = _json(ws.consistency_metrics) if len(archs) == 2 else None
+    return Inputs(loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def linked_galleries(explained: Mapping, files: ExplainFiles) -> dict[str, Path]:

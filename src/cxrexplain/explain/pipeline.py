@@ -24,7 +24,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrexplain.data.datamodule import eval_transform
+from cxrexplain import tracking
+from cxrexplain.config import require_arch
+from cxrexplain.data.datamodule import eval_transform, read_split
+from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain import gallery
@@ -42,11 +45,12 @@ from cxrexplain.explain.evaluate import (
 from cxrexplain.explain.measures import sanity
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
 from cxrexplain.models.module import load_checkpoint
+from cxrexplain.models.permuted import train_on_permuted_labels
 from cxrexplain.progress import item_progress
 
 if TYPE_CHECKING:
-    from cxrexplain.config import ExplainParams, GalleryParams
-    from cxrexplain.workspace import ExplainFiles
+    from cxrexplain.config import ExplainParams, GalleryParams, Params
+    from cxrexplain.workspace import CacheFiles, ExplainFiles, ModelFiles
 
 # trains the architecture on permuted labels (models/permuted.py): returns the model and its accuracy on those labels
 PermutedModel = Callable[[], tuple[nn.Module, float]]
@@ -101,6 +105,36 @@ class Explanation:
     sanity: pd.DataFrame  # the verdict per method
     data_randomisation: pd.DataFrame | None  # per method and image, when the data randomisation test ran
     data_test: dict | None  # its summary per method
+
+
+def explain_trained(
+    params: Params,
+    arch: str,
+    trained: ModelFiles,
+    cache: CacheFiles,
+    split_file: Path,
+    device: torch.device,
+    *,
+    progress: str | None = None,
+) -> Explanation:
+    """:func:`explain_split` for the stage: ``arch``'s best checkpoint in ``trained`` on ``device``, its threshold
+    (:func:`choose_threshold`), the cached images of ``params.explain.split``; the permuted-label model of the data
+    randomisation test trained on the same cache and split (:mod:`cxrexplain.models.permuted`)."""
+    require_arch(arch, "explain")
+    e = params.explain
+    model, threshold = load_model(trained.best, device), choose_threshold(e, trained.predictions)
+    images, index = load_cache(cache.dir)
+    return explain_split(
+        model,
+        images,
+        split_rows(read_split(split_file, index), e.split, split_file),
+        e,
+        image_size=params.train.image_size,
+        seed=params.seed,
+        threshold=threshold,
+        permuted=lambda: train_on_permuted_labels(params, arch, cache.dir, split_file, device),
+        progress=progress,
+    )
 
 
 def explain_split(
@@ -287,6 +321,14 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     }
 
 
+def log_to_run(run: dict, metrics: dict, files: ExplainFiles, metrics_file: Path) -> None:
+    """Log :func:`mlflow_metrics` and the :func:`artifacts` of ``files`` (with ``metrics_file``) under ``explain/`` to
+    the architecture's MLflow run (``run``: its reference, :func:`cxrexplain.tracking.require_run`)."""
+    run_id, uri = run["run_id"], run["tracking_uri"]
+    tracking.log_metrics(run_id, mlflow_metrics(metrics), uri=uri)
+    tracking.log_artifacts(run_id, [*artifacts(files), metrics_file], "explain", uri=uri)
+
+
 def headline(metrics: dict) -> str | None:
     """One line for the log: Grad-CAM's pointing game beside its baselines and its sanity verdict (None without)."""
     grad = metrics["methods"].get("gradcam", {})
@@ -307,8 +349,10 @@ __all__ = [
     "data_randomisation",
     "explain_metrics",
     "explain_split",
+    "explain_trained",
     "headline",
     "load_model",
+    "log_to_run",
     "mlflow_metrics",
     "network_inputs",
     "save",

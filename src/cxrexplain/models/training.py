@@ -27,6 +27,7 @@ existing file, which may be a hard link into DVC's cache.
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cxrexplain import tracking
-from cxrexplain.config import ARCHS, Params
+from cxrexplain.config import Params, require_arch
 from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
-from cxrexplain.io import atomic_file
+from cxrexplain.io import atomic_file, write_csv, write_json
 from cxrexplain.models.module import PneumoniaClassifier, module_from_checkpoint, read_checkpoint
 from cxrexplain.workspace import CacheFiles, ModelFiles
 
@@ -82,17 +83,21 @@ def check_resumable(last: Path, expected: Mapping[str, str], arch: str) -> None:
         )
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether ``train.accelerator`` puts the training on a CUDA GPU on this machine (``auto`` does when one is)."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto``: bf16-mixed on a CUDA GPU that supports it, 32-true otherwise (CPU, MPS, older GPUs)."""
     if precision != "auto":
         return precision
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if on_gpu(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def device_name(accelerator: str) -> str:
     """``cuda:<name> x<count>`` or ``cpu (<threads> threads)``: the ``device`` tag of a run."""
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if on_gpu(accelerator):
         return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     return f"cpu ({torch.get_num_threads()} threads)"
 
@@ -239,6 +244,14 @@ class Result:
     run_id: str
     uri: str
 
+    def summary(self) -> str:
+        """One line for the log: epochs, the best epoch's val loss, val and test AUROC, the MLflow run."""
+        m = self.metrics
+        return (
+            f"{m['arch']}: {m['epochs']} epochs, best val loss {m['best_val_loss']:.4f} at epoch {m['best_epoch']}; "
+            f"val AUROC {m['val']['auroc']:.3f}, test AUROC {m['test']['auroc']:.3f} (MLflow run {self.run_id})"
+        )
+
 
 def prepare(
     params: Params,
@@ -258,8 +271,7 @@ def prepare(
     an interrupted run's params that differ, its MLflow run missing from the store, an unreadable cache or split, an
     empty split, or an accelerator / device count this machine does not have.
     """
-    if arch not in ARCHS:
-        raise CxrError(f"train: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
+    require_arch(arch, "train")
     t = params.train
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
@@ -281,7 +293,7 @@ def prepare(
     for split in ("train", "val", "test"):
         dm.dataset(split)  # reads the cache and the split; an empty split is an error naming the file
     pos_weight = dm.pos_weight() if t.pos_weight == "auto" else t.pos_weight
-    on_gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    gpu = on_gpu(t.accelerator)
     L.seed_everything(params.seed, workers=True, verbose=False)  # the initial weights (a resume then loads its own)
     module = PneumoniaClassifier(
         arch,
@@ -289,10 +301,10 @@ def prepare(
         dropout=params.model.dropout,
         lr=t.lr,
         pos_weight=pos_weight,
-        channels_last=on_gpu,
+        channels_last=gpu,
         image_size=t.image_size,
     )
-    if on_gpu:
+    if gpu:
         module = module.to(memory_format=torch.channels_last)
     commit, _ = tracking.git_state()
     logger = ContinuedMLFlowLogger(
@@ -340,11 +352,18 @@ def prepare(
 def fit(training: Training) -> Result | None:
     """Train (from ``last.ckpt`` when resuming); rank 0 gets the best epoch's :class:`Result`, other ranks None.
 
-    Writes only the checkpoints and the run reference (``mlflow_run.json``, before the fit, so that a killed run is
-    continued by its resume) into ``training.files``.
+    Global rank 0 first empties ``training.files`` (a fresh training) or removes the partial saves of a killed one (a
+    resume), then writes the run reference (``mlflow_run.json``, before the fit, so that a killed run is continued by
+    its resume); the fit writes the checkpoints. :func:`save` writes the rest.
     """
     trainer, logger, files = training.trainer, training.logger, training.files
     if trainer.is_global_zero:
+        if training.resuming:
+            for stale in files.dir.glob(".*.part"):  # a save cut short by the kill
+                stale.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(files.dir, ignore_errors=True)
+        files.dir.mkdir(parents=True, exist_ok=True)
         logger.log_hyperparams(training.recorded)
         tracking.write_run_ref(files.run_ref, logger.run_id, training.uri, logger.experiment_id)
     # explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD overrides only an unset one
@@ -353,6 +372,17 @@ def fit(training: Training) -> Result | None:
     if not trainer.is_global_zero:
         return None
     return _best_epoch(training)
+
+
+def save(result: Result, files: ModelFiles, metrics_file: Path) -> None:
+    """Write ``result`` (predictions, history into ``files``; the metrics into ``metrics_file``, each atomically) and
+    log them with the best checkpoint to the run, under ``train/``."""
+    write_csv(files.predictions, result.predictions)
+    write_csv(files.history, result.history)
+    write_json(metrics_file, result.metrics)
+    tracking.log_artifacts(
+        result.run_id, [files.best, files.predictions, files.history, metrics_file], "train", uri=result.uri
+    )
 
 
 def _best_epoch(training: Training) -> Result:

@@ -10,18 +10,13 @@ then ``ws.stage_metrics("explain", arch)``.
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import torch
 
 from cxrexplain import tracking
-from cxrexplain.config import ARCHS, Params
-from cxrexplain.data.datamodule import read_split
-from cxrexplain.data.sample import load_cache
-from cxrexplain.errors import CxrError
+from cxrexplain.config import Params, require_arch
 from cxrexplain.explain import pipeline
 from cxrexplain.io import write_json
-from cxrexplain.models.permuted import train_on_permuted_labels
 from cxrexplain.workspace import ExplainFiles, Workspace
 
 log = logging.getLogger(__name__)
@@ -37,9 +32,8 @@ def run(
     log_to_mlflow: bool = True,
 ) -> dict:
     """Explain and measure ``arch``'s model on ``params.explain.split``; returns the metrics JSON."""
-    if arch not in ARCHS:
-        raise CxrError(f"explain: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
-    ws, e, stage = ws or Workspace(), params.explain, f"explain@{arch}"
+    require_arch(arch, "explain")
+    ws, stage = ws or Workspace(), f"explain@{arch}"
     trained, out, metrics_file = ws.model(arch), ws.explain(arch), ws.stage_metrics("explain", arch)
     run_ref = (trained.run_ref,) if log_to_mlflow else ()
     ws.require((trained.best, trained.predictions, *run_ref), needed_by=stage, made_by=f"train@{arch}")
@@ -47,30 +41,15 @@ def run(
     ws.require((ws.split,), needed_by=stage, made_by="split")
     ref = tracking.require_run(trained.run_ref) if log_to_mlflow else None  # before the work, not after it
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, threshold = pipeline.load_model(trained.best, dev), pipeline.choose_threshold(e, trained.predictions)
-    images, index = load_cache(ws.cache.dir)
-    rows = pipeline.split_rows(read_split(ws.split, index), e.split, ws.split)
-    explanation = pipeline.explain_split(
-        model,
-        images,
-        rows,
-        e,
-        image_size=params.train.image_size,
-        seed=params.seed,
-        threshold=threshold,
-        permuted=partial(train_on_permuted_labels, params, arch, ws.cache.dir, ws.split, dev),
-        progress=f"explain {arch}" if show_progress else None,
-    )
+    progress = f"explain {arch}" if show_progress else None
+    explanation = pipeline.explain_trained(params, arch, trained, ws.cache, ws.split, dev, progress=progress)
     with ws.output(out.dir) as tmp:
-        pipeline.save(
-            explanation, ExplainFiles(tmp), e.gallery, title=arch, synthetic=params.data.source == "synthetic"
-        )
-    metrics = pipeline.explain_metrics(explanation, e, arch=arch, source=params.data.source)
+        synthetic = params.data.source == "synthetic"
+        pipeline.save(explanation, ExplainFiles(tmp), params.explain.gallery, title=arch, synthetic=synthetic)
+    metrics = pipeline.explain_metrics(explanation, params.explain, arch=arch, source=params.data.source)
     write_json(metrics_file, metrics)  # atomic: the old file or the new one, never a part
     if ref is not None:
-        run_id, uri = ref["run_id"], ref["tracking_uri"]
-        tracking.log_metrics(run_id, pipeline.mlflow_metrics(metrics), uri=uri)
-        tracking.log_artifacts(run_id, [*pipeline.artifacts(out), metrics_file], "explain", uri=uri)
+        pipeline.log_to_run(ref, metrics, out, metrics_file)
     if line := pipeline.headline(metrics):
         log.info("%s", line)
     return metrics

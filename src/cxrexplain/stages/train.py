@@ -10,13 +10,8 @@ runs this module; only global rank 0 clears the folder, creates the MLflow run a
 from __future__ import annotations
 
 import logging
-import shutil
 
-from lightning.pytorch.utilities import rank_zero_only
-
-from cxrexplain import tracking
 from cxrexplain.config import Params
-from cxrexplain.io import write_csv, write_json
 from cxrexplain.logs import route_library_logs
 from cxrexplain.models import training
 from cxrexplain.workspace import Workspace
@@ -45,27 +40,11 @@ def run(
     job = training.prepare(
         params, arch, ws.cache, ws.split, files, resume=resume, workers=workers, progress=show_progress
     )
-    if rank_zero_only.rank == 0:
-        if job.resuming:
-            log.info("resuming %s from %s", arch, files.last)
-            for stale in files.dir.glob(".*.part"):  # a save cut short by the kill
-                stale.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(files.dir, ignore_errors=True)
-        files.dir.mkdir(parents=True, exist_ok=True)
-    result = training.fit(job)
-    if result is None:
+    if job.resuming and job.trainer.is_global_zero:
+        log.info("resuming %s from %s", arch, files.last)
+    result = training.fit(job)  # rank 0 empties the folder first (a fresh training) or keeps it (a resume)
+    if result is None:  # not global rank 0
         return None
-    write_csv(files.predictions, result.predictions)
-    write_csv(files.history, result.history)
-    metrics_file = ws.stage_metrics("train", arch)
-    write_json(metrics_file, result.metrics)
-    tracking.log_artifacts(
-        result.run_id, [files.best, files.predictions, files.history, metrics_file], "train", uri=result.uri
-    )
-    m = result.metrics
-    log.info(
-        "%s: %d epochs, best val loss %.4f at epoch %d; val AUROC %.3f, test AUROC %.3f (MLflow run %s)",
-        *(arch, m["epochs"], m["best_val_loss"], m["best_epoch"], m["val"]["auroc"], m["test"]["auroc"], result.run_id),
-    )
-    return m
+    training.save(result, files, ws.stage_metrics("train", arch))
+    log.info("%s", result.summary())
+    return result.metrics
