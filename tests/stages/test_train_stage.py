@@ -88,11 +88,12 @@ def assert_same_training(a: Path, b: Path, arch: str = "resnet50") -> None:
         assert first["state_dict"].keys() == second["state_dict"].keys()
         for key, tensor in first["state_dict"].items():
             assert torch.equal(tensor, second["state_dict"][key]), f"{name}: {key}"
-        for x, y in zip(
-            first["optimizer_states"][0]["state"].values(), second["optimizer_states"][0]["state"].values(), strict=True
-        ):
-            assert all(torch.equal(x[k], y[k]) for k in x), name
         assert first["history"] == second["history"]
+    first, second = (read_checkpoint(root / "models" / arch / "last.ckpt") for root in (a, b))  # the best has none
+    for x, y in zip(
+        first["optimizer_states"][0]["state"].values(), second["optimizer_states"][0]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(x[k], y[k]) for k in x)
     for name in ("history.csv", "predictions.csv"):
         assert (a / "models" / arch / name).read_bytes() == (b / "models" / arch / name).read_bytes(), name
     metrics = [(root / "metrics" / "train" / f"{arch}.json").read_text() for root in (a, b)]
@@ -161,6 +162,12 @@ def test_same_params_and_seed_give_the_same_bytes_in_any_folder(project):
         "stopped": False,
     }
     assert state[training.PARAMS_KEY] == training.run_params(params_of(), "densenet121")
+    best = read_checkpoint(project / "a" / "models" / "densenet121" / "best.ckpt")
+    assert "optimizer_states" not in best and "callbacks" not in best  # weights, hyperparameters, history only
+    assert best["state_dict"].keys() == state["state_dict"].keys() and best["history"]
+    folder = project / "a" / "models" / "densenet121"
+    last_size, best_size = ((folder / name).stat().st_size for name in ("last.ckpt", "best.ckpt"))
+    assert best_size < 0.5 * last_size  # Adam's two moments per weight stay in last.ckpt
 
 
 def test_unreachable_tracking_server_fails_before_training(project, monkeypatch):

@@ -137,6 +137,10 @@ class SiblingCheckpointIO(TorchCheckpointIO):
 class EpochCheckpoint(Checkpoint):
     """``last`` after every training epoch (after validation), ``best`` when ``val/loss`` improves strictly.
 
+    ``last`` holds the full training state (a resume reads it); ``best`` the weights, hyperparameters, epoch and history
+    (Lightning's ``weights_only`` save: no optimizer state, no callbacks, so no recorded params), about a third of
+    ``last``'s size for Adam.
+
     Lightning runs checkpoint callbacks' epoch-end hooks after the module's and after early stopping's, so the saved
     state holds the epoch's history row and the early-stopping counters. The files are named by the caller and no
     path is stored inside (the same training gives the same bytes in any folder); the checkpoint records the run's
@@ -156,9 +160,11 @@ class EpochCheckpoint(Checkpoint):
         self.stopped = bool(trainer.should_stop)
         if score < self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
-            # the full state (weights, optimizer, loops, callbacks: what a resume needs), said explicitly; it is the
-            # *loading* that is weights-only (read_checkpoint), whatever a checkpoint holds
-            trainer.save_checkpoint(self.best_path, weights_only=False)
+            # the weights, hyperparameters and history only: a third of the full state's bytes (Adam keeps two
+            # moments per weight), what explain, the DVC cache and MLflow need
+            trainer.save_checkpoint(self.best_path, weights_only=True)
+        # the full state (weights, optimizer, loops, callbacks: what a resume needs), said explicitly; it is the
+        # *loading* that is weights-only (read_checkpoint), whatever a checkpoint holds
         trainer.save_checkpoint(self.last_path, weights_only=False)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
