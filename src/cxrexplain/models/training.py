@@ -1,9 +1,9 @@
 """Training one backbone: checks before anything is written, a fit that resumes exactly, and its best epoch's results.
 
 :func:`prepare` validates everything a training needs (the tracking store, the params of an interrupted run against
-the current ones, the cache and split, the accelerator and devices) and builds the pieces, writing nothing; the
-caller then clears or keeps the output folder and calls :func:`fit`, which trains and returns the predictions, the
-history and the metrics of the best epoch for the caller to write.
+the current ones, the cache and split, the accelerator and devices) and builds the pieces, writing nothing;
+:func:`fit` then empties the output folder (a fresh training) or keeps it (a resume), trains, and returns the
+predictions, the history and the metrics of the best epoch, which :func:`save` writes and logs.
 
 Resume guarantees (tested in ``tests/stages/test_train_stage.py`` on a CPU): a training killed at any point and
 resumed from ``last.ckpt`` ends with the same weights (bitwise, on the same machine and software), the same
