@@ -236,8 +236,39 @@ def _continuous_tests(x: np.ndarray, y: np.ndarray) -> list[tuple[str, float]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # n < 2 (NaN) or constant non-zero differences (t = ±inf)
         t = float(scipy.stats.ttest_rel(x, y).pvalue)
-        w = float(scipy.stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+        w = wilcoxon_p(d)
     return [("t", t), ("wilcoxon", w)]
+
+
+EXACT_SIGN_FLIPS_MAX_N = 13  # scipy.stats.wilcoxon(method="auto") enumerates every sign flip up to this n
+
+
+def wilcoxon_p(d: np.ndarray) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of the differences ``d``, as ``scipy.stats.wilcoxon(d,
+    zero_method="wilcox", alternative="two-sided")`` (``method="auto"``) gives it, to float rounding.
+
+    scipy's ``auto`` takes the exact null distribution without ties or zeros (delegated to scipy here), the normal
+    approximation with continuity correction for more than 13 differences with ties or zeros (delegated too), and
+    otherwise an exact permutation test over all ``2**n`` sign flips, through ``scipy.stats.permutation_test``,
+    which takes 0.4 s at n = 10 and 2.6 s at n = 13 per call. That last case is computed here in one matrix
+    product: zeros dropped (Wilcoxon's treatment, as scipy's ``"wilcox"``), average ranks of ``|d|``, the statistic
+    ``R+`` (sum of the ranks of positive differences) for every subset of positive signs, and scipy's two-sided
+    p-value ``min(1, 2 · min(P(R+ ≥ r), P(R+ ≤ r)))`` with its relative tolerance ``100 · eps · |r|`` on the
+    comparisons. Dropping the zeros' sign flips leaves every proportion unchanged (each zero only doubles the null
+    distribution). Tested against scipy on random tie- and zero-laden inputs (``tests/explain/measures``).
+    """
+    d = np.asarray(d, dtype=float)
+    nonzero = d[d != 0]
+    ties = np.unique(np.abs(nonzero)).size < nonzero.size
+    if not (ties or nonzero.size < d.size) or d.size > EXACT_SIGN_FLIPS_MAX_N or nonzero.size == 0:
+        return float(scipy.stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    ranks = scipy.stats.rankdata(np.abs(nonzero))
+    observed = float(ranks[nonzero > 0].sum())
+    positive = (np.arange(2**nonzero.size)[:, None] >> np.arange(nonzero.size)) & 1  # every subset of positive signs
+    null = positive @ ranks
+    gamma = abs(observed) * np.finfo(float).eps * 100
+    greater, less = np.mean(null >= observed - gamma), np.mean(null <= observed + gamma)
+    return float(min(1.0, 2 * min(greater, less)))
 
 
 def _binary_test(x: np.ndarray, y: np.ndarray) -> list[tuple[str, float]]:
@@ -274,7 +305,8 @@ def paired_comparisons(
 
     ``kind="continuous"``: two rows per pair, ``test`` = ``"t"`` (paired t-test, ``scipy.stats.ttest_rel``) and
     ``"wilcoxon"`` (signed-rank test, ``scipy.stats.wilcoxon`` with ``zero_method="wilcox"``: zero differences are
-    dropped before ranking, Wilcoxon 1945; ``method="auto"``: exact for small samples without ties, else normal).
+    dropped before ranking, Wilcoxon 1945; ``method="auto"``: exact for small samples without ties, an exact
+    sign-flip test for up to 13 differences with ties or zeros (:func:`wilcoxon_p`, vectorised), else normal).
     When every difference is 0 both p-values are 1 (scipy gives NaN). Constant non-zero differences give the
     t-test's limit, p = 0 (t = ±∞), as scipy does; fewer than 2 pairs give p = NaN.
 
