@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from cxrexplain import tracking
-from cxrexplain.config import require_arch
 from cxrexplain.data.datamodule import eval_transform, read_split
 from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
@@ -119,8 +118,8 @@ def explain_trained(
 ) -> Explanation:
     """:func:`explain_split` for the stage: ``arch``'s best checkpoint in ``trained`` on ``device``, its threshold
     (:func:`choose_threshold`), the cached images of ``params.explain.split``; the permuted-label model of the data
-    randomisation test trained on the same cache and split (:mod:`cxrexplain.models.permuted`)."""
-    require_arch(arch, "explain")
+    randomisation test trained on the same cache and split (:mod:`cxrexplain.models.permuted`). ``arch`` is one of
+    :data:`~cxrexplain.config.ARCHS` (the stage checks it first, with :func:`~cxrexplain.config.require_arch`)."""
     e = params.explain
     model, threshold = load_model(trained.best, device), choose_threshold(e, trained.predictions)
     images, index = load_cache(cache.dir)

@@ -49,14 +49,14 @@ from cxrexplain.config import Params, require_arch
 from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
-from cxrexplain.io import atomic_file, write_csv, write_json
+from cxrexplain.io import PART_SUFFIX, atomic_file, write_csv, write_json
 from cxrexplain.models.module import PneumoniaClassifier, module_from_checkpoint, read_checkpoint
 from cxrexplain.workspace import CacheFiles, ModelFiles
 
 # How a run executes, not what it learns: never MLflow params, never compared when resuming (``progress`` is a CLI
 # flag, not a param). ``workers`` changes no number: augmentations do not depend on the worker that draws them.
 RUN_CONTROL = ("train.resume", "workers")
-PARAMS_KEY = "cxrexplain_params"  # in every checkpoint: the params recorded with its run (those of run_params)
+PARAMS_KEY = "cxrexplain_params"  # in every last.ckpt: the params recorded with its run (those of run_params)
 MONITOR = "val/loss"
 
 
@@ -143,7 +143,7 @@ class EpochCheckpoint(Checkpoint):
 
     Lightning runs checkpoint callbacks' epoch-end hooks after the module's and after early stopping's, so the saved
     state holds the epoch's history row and the early-stopping counters. The files are named by the caller and no
-    path is stored inside (the same training gives the same bytes in any folder); the checkpoint records the run's
+    path is stored inside (the same training gives the same bytes in any folder); ``last`` records the run's
     params (:data:`PARAMS_KEY`), and whether early stopping had ended the training (a resume then does not go on).
     """
 
@@ -365,7 +365,7 @@ def fit(training: Training) -> Result | None:
     trainer, logger, files = training.trainer, training.logger, training.files
     if trainer.is_global_zero:
         if training.resuming:
-            for stale in files.dir.glob(".*.part"):  # a save cut short by the kill
+            for stale in files.dir.glob(f".*{PART_SUFFIX}"):  # a save cut short by the kill
                 stale.unlink(missing_ok=True)
         else:
             shutil.rmtree(files.dir, ignore_errors=True)
