@@ -26,6 +26,7 @@ def test_defaults_are_the_study_configuration():
     assert (p.split.train, p.split.val, p.split.test) == (0.70, 0.15, 0.15)
     assert p.split.group_by == "patient"
     assert p.sample.views == ("PA", "AP")
+    assert p.model.archs == ("resnet50", "densenet121")
 
 
 def test_committed_params_yaml_is_the_rendered_demo_profile():
@@ -38,6 +39,8 @@ def test_committed_params_yaml_is_the_rendered_demo_profile():
 def test_profiles_validate_and_use_synthetic_data(profile):
     p = profile_params(profile, ROOT / "profiles")
     assert p.data.source == "synthetic"
+    # the demo runs the study's pair; the ci profile (the suite's reduced pipeline) the cheaper ResNet-18 instead
+    assert p.model.archs == {"ci": ("resnet18", "densenet121"), "demo": ("resnet50", "densenet121")}[profile]
     assert p.sample.per_class < Params().sample.per_class
 
 
@@ -54,6 +57,10 @@ def test_profiles_validate_and_use_synthetic_data(profile):
         ({"sample": {"views": ["PA", "LL"]}}, "sample.views.1: Input should be 'PA' or 'AP' (got 'LL')"),
         ({"split": {"train": 0.8}}, "split: train + val + test must sum to 1, got 0.8 + 0.15 + 0.15 = 1.1"),
         ({"split": {"group_by": "study"}}, "split.group_by: Input should be 'patient' or 'image'"),
+        ({"model": {"archs": ["resnet50", "vgg16"]}}, "model.archs: unknown arch 'vgg16' (available: resnet50, "),
+        ({"model": {"archs": ["resnet50"]}}, "model.archs: two different architectures"),
+        ({"model": {"archs": ["resnet18", "resnet18"]}}, "model.archs: two different architectures"),
+        ({"model": {"archs": "resnet50"}}, "model.archs: Input should be a valid tuple"),
         ({"explain": {"cams": ["gradcam", "gradcam"]}}, "explain.cams: names must be distinct: gradcam repeated"),
         ({"explain": {"measures": ["road", "road"]}}, "explain.measures: names must be distinct: road repeated"),
         ({"explain": {"measures": ["roc"]}}, "explain.measures.0: Input should be 'pointing'"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -65,7 +66,10 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     metrics = json.loads((dest / "metrics/split.json").read_text())
     assert metrics["patients_in_two_splits"]["any"] == 0
     assert (dest / "data/raw/MD5SUMS").is_file()
-    for arch in ("resnet50", "densenet121"):  # three epochs from scratch on visible synthetic opacities
+    archs = yaml.safe_load((dest / "params.yaml").read_text())["model"]["archs"]
+    assert archs == ["resnet18", "densenet121"]  # the ci profile's pair: dvc.yaml's matrix follows model.archs
+    assert not (dest / "models/resnet50").exists()
+    for arch in archs:  # three epochs from scratch on visible synthetic opacities
         trained = json.loads((dest / f"metrics/train/{arch}.json").read_text())
         assert trained["epochs"] == 3 and 0 <= trained["best_epoch"] < 3
         assert trained["val"]["auroc"] >= 0.9, (arch, trained)  # issue 3's bar: both backbones learn the task
@@ -113,9 +117,9 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
             assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
     assert "data:image/png;base64," in (dest / "reports/report.html").read_text()
     plots = run(["dvc", "plots", "show", "--json"], dest, env)
-    assert "confusion_resnet50.csv" in plots and "roc_densenet121.csv" in plots
+    assert "confusion_resnet18.csv" in plots and "roc_densenet121.csv" in plots
     compare = run(["cxrexplain", "compare", "--last", "5"], dest, env)
-    assert "report @" in compare and "resnet50" in compare
+    assert "report @" in compare and "resnet18" in compare
 
     again = run(["dvc", "repro"], dest, env)
     assert "Data and pipelines are up to date." in again
@@ -131,11 +135,14 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
         changed = stale_stages(dest, env)
         assert "split" in changed and not changed & {"download", "sample"}
         (dest / "params.yaml").write_text(original.replace("  patience:", "  patience: 9  # was", 1))
-        assert stale_stages(dest, env) == {"train@resnet50", "train@densenet121"}
+        assert stale_stages(dest, env) == {"train@resnet18", "train@densenet121"}
         (dest / "params.yaml").write_text(original.replace("  iobb_level:", "  iobb_level: 0.4  # was", 1))
-        assert stale_stages(dest, env) == {"explain@resnet50", "explain@densenet121"}
+        assert stale_stages(dest, env) == {"explain@resnet18", "explain@densenet121"}
         (dest / "params.yaml").write_text(original.replace("seed: 42", "seed: 7", 1))
-        assert {"report", "explain@resnet50"} <= stale_stages(dest, env)
+        assert {"report", "explain@resnet18"} <= stale_stages(dest, env)
+        # another pair: only the new backbone's stages and those that compare the pair; densenet121 is not retrained
+        (dest / "params.yaml").write_text(original.replace("[resnet18, densenet121]", "[resnet50, densenet121]", 1))
+        assert stale_stages(dest, env) == {"train@resnet50", "explain@resnet50", "consistency", "report"}
     finally:
         (dest / "params.yaml").write_text(original)
     assert stale_stages(dest, env) == set()

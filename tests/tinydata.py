@@ -9,8 +9,14 @@ import numpy as np
 import pandas as pd
 
 
-def write_tiny_dataset(root: Path, n: int = 48, size: int = 32, seed: int = 0) -> tuple[Path, Path]:
-    """``root/cache`` (images.npy, index.csv) and ``root/split.csv``: ``n`` images, half with a bright box."""
+def write_tiny_dataset(
+    root: Path, n: int = 48, size: int = 32, seed: int = 0, val_against_train: bool = False
+) -> tuple[Path, Path]:
+    """``root/cache`` (images.npy, index.csv) and ``root/split.csv``: ``n`` images, half with a bright box.
+
+    ``val_against_train``: the validation images' labels are the opposite of the box rule, so every epoch that learns
+    the training images makes the val loss worse: the best epoch is the first, whatever the backbone or the CPU's
+    rounding (the resume and early-stopping tests need epochs that do not improve)."""
     rng = np.random.default_rng(seed)
     cache = root / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,12 @@ def write_tiny_dataset(root: Path, n: int = 48, size: int = 32, seed: int = 0) -
     split = np.array(["train"] * n, dtype=object)
     split[n // 2 : n // 2 + n // 4] = "val"
     split[n // 2 + n // 4 :] = "test"
+    if val_against_train:
+        val = split == "val"
+        index.loc[val, "label"] = 1 - index.loc[val, "label"]
+        index.loc[val, "labels"] = np.where(index.loc[val, "label"] == 1, "Pneumonia", "No Finding")
+        index.loc[val, "boxes"] = "[]"
+        index.to_csv(cache / "index.csv", index=False)
     split_file = root / "split.csv"
     index.assign(split=split)[["image", "patient", "label", "split"]].to_csv(split_file, index=False)
     return cache, split_file

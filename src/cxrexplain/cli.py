@@ -111,7 +111,9 @@ def split(path: ParamsOption = PARAMS_FILE) -> None:
 
 @app.command()
 def train(
-    arch: Annotated[str, typer.Option(help="resnet50 or densenet121")],
+    arch: Annotated[
+        str, typer.Option(help="a backbone of the registry, e.g. one of model.archs (resnet50, densenet121)")
+    ],
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from models/<arch>/last.ckpt if it exists")
     ] = False,
@@ -126,7 +128,9 @@ def train(
 
 @app.command()
 def explain(
-    arch: Annotated[str, typer.Option(help="resnet50 or densenet121")],
+    arch: Annotated[
+        str, typer.Option(help="a backbone of the registry, e.g. one of model.archs (resnet50, densenet121)")
+    ],
     path: ParamsOption = PARAMS_FILE,
     progress: ProgressOption = True,
 ) -> None:

@@ -116,10 +116,26 @@ class SplitParams(_Section):
 
 
 class ModelParams(_Section):
+    archs: tuple[str, ...] = Field(
+        ("resnet50", "densenet121"),
+        description="the two backbones trained, explained and compared (dvc.yaml's matrix follows it)",
+    )
     pretrained: str = Field(
         "imagenet", description="imagenet (torchvision weights), none (from scratch) or a path to a state dict"
     )
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the head's Linear(256)")
+
+    @field_validator("archs")
+    @classmethod
+    def _two_known_archs(cls, archs: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [a for a in archs if a not in ARCHS]
+        if unknown:
+            raise ValueError(f"unknown arch {unknown[0]!r} (available: {', '.join(ARCHS)})")
+        # the consistency stage, DeLong's test and dvc.yaml's report dependencies (model.archs[0] and [1]) compare
+        # one pair of backbones
+        if len(archs) != 2 or archs[0] == archs[1]:
+            raise ValueError("two different architectures, e.g. [resnet50, densenet121]")
+        return archs
 
 
 class AugmentParams(_Section):

@@ -8,7 +8,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import BACKBONES, build_classifier
 
 
-@pytest.mark.parametrize(("arch", "channels"), [("resnet50", 2048), ("densenet121", 1024)])
+@pytest.mark.parametrize(("arch", "channels"), [("resnet50", 2048), ("densenet121", 1024), ("resnet18", 512)])
 def test_head_and_feature_map(arch, channels):
     model = build_classifier(arch).eval()
     x = torch.randn(3, 1, 64, 64)
@@ -28,7 +28,7 @@ def test_densenet_target_layer_is_a_separate_relu_not_in_place():
     assert (model.features(torch.randn(1, 1, 64, 64)) >= 0).all()
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "densenet121"])
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121", "resnet18"])
 def test_pretrained_path_sums_rgb_kernels_so_gray_equals_replicated_rgb(arch, tmp_path):
     reference = BACKBONES[arch].constructor(weights=None).eval()
     path = tmp_path / f"{arch}.pth"
@@ -36,7 +36,7 @@ def test_pretrained_path_sums_rgb_kernels_so_gray_equals_replicated_rgb(arch, tm
     model = build_classifier(arch, pretrained=str(path)).eval()
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        if arch == "resnet50":
+        if arch.startswith("resnet"):
             body = torch.nn.Sequential(*list(reference.children())[:-2])
             expected = body(x.repeat(1, 3, 1, 1))
         else:
@@ -59,7 +59,7 @@ def test_imagenet_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
 
 
 def test_bad_arch_and_bad_weight_files(tmp_path):
-    with pytest.raises(CxrError, match=r"unknown .*resnet50, densenet121"):
+    with pytest.raises(CxrError, match=r"unknown .*resnet50, densenet121, resnet18"):
         build_classifier("vgg16")
     with pytest.raises(CxrError, match="no such file"):
         build_classifier("resnet50", pretrained=str(tmp_path / "missing.pth"))

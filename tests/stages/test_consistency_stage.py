@@ -59,3 +59,14 @@ def test_missing_maps_name_the_explain_stage_to_run_and_nothing_is_written(tmp_p
     ):
         consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert not Workspace(tmp_path).consistency.exists() and not (tmp_path / "metrics").exists()
+
+
+def test_it_compares_the_pair_that_model_archs_names(tmp_path):
+    raw = np.random.default_rng(1).random((2, 4, 4)).astype(np.float32)
+    write_maps(tmp_path / "explain" / "resnet18", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121", raw[:, ::-1], np.array([1, 1]))
+    params = validate({**PARAMS.model_dump(mode="json"), "model": {"archs": ["resnet18", "densenet121"]}})
+    metrics = consistency.run(params, ws=Workspace(tmp_path))
+    assert metrics["archs"] == ["resnet18", "densenet121"]
+    with pytest.raises(CxrError, match=r"explain/resnet50/maps.npz.*explain@resnet50"):
+        consistency.run(PARAMS, ws=Workspace(tmp_path))  # the default pair: resnet50's maps are not there

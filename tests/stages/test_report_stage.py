@@ -18,13 +18,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cxrexplain import tracking
-from cxrexplain.config import ARCHS, validate
+from cxrexplain.config import validate
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import figures
 from cxrexplain.stages import report
 from cxrexplain.workspace import Workspace
 
 PARAMS = validate({"report": {"bootstrap": 50}})
+ARCHS = PARAMS.model.archs  # the report covers model.archs
 
 
 def _interval(mean: float, n: int = 12) -> dict:

@@ -41,7 +41,8 @@ TINY = {
         "augment": {"rotate_deg": 5.0},
     },
 }
-# three epochs in which the best val loss is not the last one's (so last.ckpt must be written without an improvement)
+# three epochs in which the best val loss is not the last one's (so last.ckpt must be written without an improvement):
+# on data whose val labels go against the training rule (tinydata's val_against_train) the best epoch is the first
 RESUMABLE = {"max_epochs": 3, "patience": 10}
 BIN = Path(sys.executable).parent
 SRC = Path(cxrexplain.__file__).resolve().parents[1]  # subprocesses import this checkout, however pytest was started
@@ -51,13 +52,13 @@ def params_of(workers: int = 0, **train_overrides):
     return validate({**TINY, "workers": workers, "train": {**TINY["train"], **train_overrides}})
 
 
-def run_in_process(root: Path, arch: str = "resnet50", *, resume: bool = False, workers: int = 0, **overrides) -> dict:
+def run_in_process(root: Path, arch: str = "resnet18", *, resume: bool = False, workers: int = 0, **overrides) -> dict:
     return train.run(params_of(workers, **overrides), arch, ws=Workspace(root), resume=resume, show_progress=False)
 
 
-def workdir(root: Path, **train_overrides) -> Path:
+def workdir(root: Path, val_against_train: bool = False, **train_overrides) -> Path:
     """A project folder as the CLI sees it: params.yaml, data/cache, data/split.csv."""
-    write_tiny_dataset(root / "data")
+    write_tiny_dataset(root / "data", val_against_train=val_against_train)
     write_params(root, **train_overrides)
     return root
 
@@ -80,7 +81,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_same_training(a: Path, b: Path, arch: str = "resnet50") -> None:
+def assert_same_training(a: Path, b: Path, arch: str = "resnet18") -> None:
     """Two trainings ended with the same weights (bitwise), optimizer state, history and metrics."""
     for name in ("best.ckpt", "last.ckpt"):
         first, second = (read_checkpoint(root / "models" / arch / name) for root in (a, b))
@@ -110,7 +111,7 @@ def project(tmp_path, monkeypatch):
 
 def test_outputs_metrics_and_mlflow_run(project):
     metrics = run_in_process(project)
-    out = project / "models" / "resnet50"
+    out = project / "models" / "resnet18"
     assert {p.name for p in out.iterdir()} == {
         "best.ckpt",
         "last.ckpt",
@@ -125,7 +126,7 @@ def test_outputs_metrics_and_mlflow_run(project):
     assert predictions["split"].value_counts().to_dict() == {"val": 12, "test": 12}
     assert predictions["probability"].between(0, 1).all()
     assert len(pd.read_csv(out / "history.csv")) == 2
-    on_disk = json.loads((project / "metrics" / "train" / "resnet50.json").read_text())
+    on_disk = json.loads((project / "metrics" / "train" / "resnet18.json").read_text())
     assert on_disk == metrics
     assert set(metrics["val"]) == {"auroc", "accuracy", "precision", "recall", "specificity", "f1"}
 
@@ -133,17 +134,17 @@ def test_outputs_metrics_and_mlflow_run(project):
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
     run = client.get_run(ref["run_id"])
     assert run.data.params["train.batch_size"] == "8"
-    assert run.data.params["arch"] == "resnet50"
+    assert run.data.params["arch"] == "resnet18"
     assert run.data.params["data.source"] == "nih"
     # run-control settings are not params of the run: a resume may change them (MLflow refuses a changed param)
     assert "train.resume" not in run.data.params and "workers" not in run.data.params
-    assert run.data.tags["dvc.stage"] == "train@resnet50"
-    assert run.data.tags["mlflow.runName"].startswith("resnet50 @ ")
+    assert run.data.tags["dvc.stage"] == "train@resnet18"
+    assert run.data.tags["mlflow.runName"].startswith("resnet18 @ ")
     assert {"git.commit", "git.dirty", "version.torch", "version.lightning", "device"} <= set(run.data.tags)
     assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2  # per epoch
     assert "best_test/auroc" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
-    assert {"train/best.ckpt", "train/predictions.csv", "train/resnet50.json"} <= artifacts
+    assert {"train/best.ckpt", "train/predictions.csv", "train/resnet18.json"} <= artifacts
 
 
 def test_same_params_and_seed_give_the_same_bytes_in_any_folder(project):
@@ -213,9 +214,9 @@ FAILURES = {
     "no device": ({"train": {"devices": 0}}, r"train.devices.*: Input should be greater than or equal to 1 \(got 0\)"),
     "missing accelerator": (
         {"train": {"accelerator": "cuda", "devices": 1000}},
-        r"train@resnet50: train.accelerator='cuda', train.devices=1000.*not available on this machine",
+        r"train@resnet18: train.accelerator='cuda', train.devices=1000.*not available on this machine",
     ),
-    "missing split": ({"remove": "data/split.csv"}, r"train@resnet50: missing input .*split.csv.*dvc repro split"),
+    "missing split": ({"remove": "data/split.csv"}, r"train@resnet18: missing input .*split.csv.*dvc repro split"),
     "resume with another lr": (
         {"train": {"lr": 0.5}, "resume": True},
         r"cannot resume from .*last.ckpt: params differ from those of its run \(train.lr: 0.001 -> 0.5\)",
@@ -235,16 +236,16 @@ def test_a_failing_check_leaves_the_previous_outputs_untouched(trained, monkeypa
     if "seed" in change:
         raw["seed"] = change["seed"]
     with pytest.raises(CxrError, match=message):
-        train.run(validate(raw), "resnet50", ws=Workspace(trained), resume=change.get("resume", False))
+        train.run(validate(raw), "resnet18", ws=Workspace(trained), resume=change.get("resume", False))
     assert snapshot(trained / "models") == before
 
 
 def test_a_nan_loss_stops_training_with_a_clear_error(project):
     with pytest.raises(
-        CxrError, match=r"train@resnet50: loss is nan at epoch 0 step \d+; .*lower train.lr \(now 1e\+30\)"
+        CxrError, match=r"train@resnet18: loss is nan at epoch 0 step \d+; .*lower train.lr \(now 1e\+30\)"
     ):
         run_in_process(project, lr=1e30, max_epochs=3)
-    assert not (project / "metrics" / "train" / "resnet50.json").exists()
+    assert not (project / "metrics" / "train" / "resnet18.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -252,20 +253,20 @@ def test_a_nan_loss_stops_training_with_a_clear_error(project):
 def uninterrupted(tmp_path_factory):
     """The reference: three epochs without interruption."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    write_tiny_dataset(root / "data")
+    write_tiny_dataset(root / "data", val_against_train=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         metrics = run_in_process(root, **RESUMABLE)
     # the case the resume must handle: a last epoch that did not improve (last.ckpt is not best.ckpt)
-    assert metrics["epochs"] == 3 and metrics["best_epoch"] < 2
+    assert metrics["epochs"] == 3 and metrics["best_epoch"] == 0
     return root
 
 
 def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, tmp_path):
-    project = workdir(tmp_path, **RESUMABLE)
+    project = workdir(tmp_path, val_against_train=True, **RESUMABLE)
     env = cli_env(project)
-    cmd = ["cxrexplain", "train", "--arch", "resnet50", "--no-progress"]
-    last = project / "models" / "resnet50" / "last.ckpt"
+    cmd = ["cxrexplain", "train", "--arch", "resnet18", "--no-progress"]
+    last = project / "models" / "resnet18" / "last.ckpt"
     process = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -273,7 +274,7 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, 
     process.send_signal(signal.SIGKILL)  # during epoch 1, after the save of epoch 0
     process.wait()
     assert read_checkpoint(last)["epoch"] == 0, "the kill came too late"
-    killed_run = json.loads((project / "models" / "resnet50" / "mlflow_run.json").read_text())["run_id"]
+    killed_run = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())["run_id"]
     # the documented way (train.resume in params.yaml), with another number of loader workers: both run control
     (project / "params.yaml").write_text(
         yaml.safe_dump(
@@ -284,11 +285,11 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, 
     )
     resumed = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming resnet50 from models/resnet50/last.ckpt" in " ".join(resumed.stderr.split())
+    assert "resuming resnet18 from models/resnet18/last.ckpt" in " ".join(resumed.stderr.split())
     assert_same_training(uninterrupted, project)
-    ref = json.loads((project / "models" / "resnet50" / "mlflow_run.json").read_text())
+    ref = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())
     assert ref["run_id"] == killed_run  # the same MLflow run continues
-    assert not list((project / "models" / "resnet50").glob(".*"))  # no temporary file left behind
+    assert not list((project / "models" / "resnet18").glob(".*"))  # no temporary file left behind
 
 
 def other_file_system(tmp_path: Path) -> Path:
@@ -312,10 +313,11 @@ def test_interrupted_run_resumes_exactly_logs_each_step_once_and_never_writes_in
         original(self, trainer, pl_module)
 
     monkeypatch.setattr(training.EpochCheckpoint, "on_train_epoch_end", interrupt_at_epoch_1)
+    write_tiny_dataset(project / "data", val_against_train=True)  # the uninterrupted run's data
     with pytest.raises(RuntimeError, match="interrupted"):
         run_in_process(project, **RESUMABLE)
     monkeypatch.setattr(training.EpochCheckpoint, "on_train_epoch_end", original)
-    last = project / "models" / "resnet50" / "last.ckpt"
+    last = project / "models" / "resnet18" / "last.ckpt"
     assert read_checkpoint(last)["epoch"] == 0
     # DVC links outputs into its cache: the old last.ckpt's inode must keep its bytes when the resume saves
     cached = project / "dvc-cache-object"
@@ -329,9 +331,9 @@ def test_interrupted_run_resumes_exactly_logs_each_step_once_and_never_writes_in
     assert last.read_bytes() != cached_bytes and read_checkpoint(last)["epoch"] == 2
     assert_same_training(uninterrupted, project)
 
-    ref = json.loads((project / "models" / "resnet50" / "mlflow_run.json").read_text())
+    ref = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
-    history = pd.read_csv(project / "models" / "resnet50" / "history.csv")
+    history = pd.read_csv(project / "models" / "resnet18" / "history.csv")
     for key in ("val/loss", "val/auroc", "train/loss"):
         logged = client.get_metric_history(ref["run_id"], key)
         assert [m.step for m in logged] == sorted({m.step for m in logged}), f"{key}: a step logged twice"
@@ -341,13 +343,13 @@ def test_interrupted_run_resumes_exactly_logs_each_step_once_and_never_writes_in
 def test_resuming_a_training_that_early_stopping_ended_trains_no_more_and_writes_the_same_outputs(project):
     """E.g. killed after the last epoch's checkpoint, before the predictions: the resume only finishes."""
     finished = project / "finished"
-    write_tiny_dataset(finished / "data")
+    write_tiny_dataset(finished / "data", val_against_train=True)
     metrics = run_in_process(finished, max_epochs=3, patience=1)
     assert metrics["epochs"] == 2  # val loss rose after epoch 0: stopped after epoch 1 of 3
     killed = copy_project(finished, project / "killed")
     for name in ("predictions.csv", "history.csv"):
-        (killed / "models" / "resnet50" / name).unlink()
-    (killed / "metrics" / "train" / "resnet50.json").unlink()
+        (killed / "models" / "resnet18" / name).unlink()
+    (killed / "metrics" / "train" / "resnet18.json").unlink()
     run_in_process(killed, resume=True, max_epochs=3, patience=1)
     assert_same_training(finished, killed)
 
@@ -356,7 +358,7 @@ def test_ddp_on_two_cpu_processes_creates_exactly_one_run(tmp_path):
     project = workdir(tmp_path, max_epochs=1, devices=2, strategy="ddp")
     env = cli_env(project)
     result = subprocess.run(
-        ["cxrexplain", "train", "--arch", "resnet50", "--no-progress"],
+        ["cxrexplain", "train", "--arch", "resnet18", "--no-progress"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -369,7 +371,7 @@ def test_ddp_on_two_cpu_processes_creates_exactly_one_run(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
-    assert (project / "models" / "resnet50" / "best.ckpt").is_file()
+    assert (project / "models" / "resnet18" / "best.ckpt").is_file()
 
 
 def free_port() -> int:
@@ -420,12 +422,12 @@ def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     write_tiny_dataset(tmp_path / "data")
     run_in_process(tmp_path, max_epochs=1)
-    ref = json.loads((tmp_path / "models" / "resnet50" / "mlflow_run.json").read_text())
+    ref = json.loads((tmp_path / "models" / "resnet18" / "mlflow_run.json").read_text())
     assert ref["tracking_uri"] == mlflow_server
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(ref["run_id"])
     assert run.data.params["train.image_size"] == "32"
-    assert run.data.tags["dvc.stage"] == "train@resnet50"
+    assert run.data.tags["dvc.stage"] == "train@resnet18"
     assert "val/auroc" in run.data.metrics
     local = client.download_artifacts(run.info.run_id, "train/best.ckpt", str(tmp_path / "down"))
-    assert Path(local).stat().st_size == (tmp_path / "models" / "resnet50" / "best.ckpt").stat().st_size
+    assert Path(local).stat().st_size == (tmp_path / "models" / "resnet18" / "best.ckpt").stat().st_size

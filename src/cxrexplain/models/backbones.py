@@ -112,6 +112,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         "features.norm5 + ReLU (output)",
         _densenet_blocks,
     ),
+    # the study's two above; ResNet-18 (a third of ResNet-50's CPU time per training step at 96 px, measured in
+    # benchmarks/bench_train.py) keeps CPU runs short: the ci profile and the tests
+    "resnet18": BackboneSpec(
+        "resnet18",
+        "ResNet18_Weights.IMAGENET1K_V1",
+        _resnet_cut,
+        lambda m: "conv1",
+        "layer4 (output)",
+        _resnet_blocks,
+    ),
 }
 
 

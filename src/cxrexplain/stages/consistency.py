@@ -1,4 +1,4 @@
-"""Stage consistency: do the two architectures' CAMs of the same images agree?
+"""Stage consistency: do the two architectures' (``model.archs``) CAMs of the same images agree?
 
 Reads ``ws.explain(arch).maps`` of both architectures (raw Pneumonia CAMs at feature resolution; maps of any other
 class are refused, see :mod:`cxrexplain.explain.agreement`); writes ``ws.consistency`` (per method and image) and
@@ -7,17 +7,16 @@ class are refused, see :mod:`cxrexplain.explain.agreement`); writes ``ws.consist
 
 from __future__ import annotations
 
-from cxrexplain.config import ARCHS, Params
-from cxrexplain.errors import CxrError
+from cxrexplain.config import Params
 from cxrexplain.explain.agreement import compare, read_pneumonia_maps
 from cxrexplain.io import write_csv, write_json
 from cxrexplain.workspace import Workspace
 
 
-def run(params: Params, *, ws: Workspace | None = None, archs: tuple[str, ...] = ARCHS) -> dict:
-    """Rank correlation and top-20 % region IoU of the two architectures' CAMs, per method; returns the metrics."""
-    if len(archs) != 2:
-        raise CxrError(f"consistency compares two architectures, got {archs}")
+def run(params: Params, *, ws: Workspace | None = None) -> dict:
+    """Rank correlation and top-20 % region IoU of the CAMs of ``params.model.archs`` (two, validated), per method;
+    returns the metrics."""
+    archs = params.model.archs
     ws = ws or Workspace()
     for arch in archs:
         ws.require((ws.explain(arch).maps,), needed_by="consistency", made_by=f"explain@{arch}")
