@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--sizes 64 128 224] [--batch 16] [--steps 3] [--workers 0 1 2]
 
 Prints three tables:
-1. training images/s (forward + backward + Adam step) for ResNet-50 and DenseNet-121 on the CPU at each size;
+1. training images/s (forward + backward + Adam step) for every registered backbone on the CPU at each size;
 2. data-loader images/s with the study's training augmentations (albumentations) per number of workers: it must
    exceed the training step rate, or a GPU would starve;
 3. on a CUDA GPU (when one is present): training images/s at 224 px in fp32 and bf16-mixed with channels_last.
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from cxrexplain.config import ARCHS
-from cxrexplain.data.datamodule import Augment, CacheDataset, train_transform
+from cxrexplain.config import ARCHS, AugmentParams
+from cxrexplain.data.datamodule import CacheDataset, train_transform
 from cxrexplain.models.backbones import build_classifier
 
 
@@ -55,7 +55,7 @@ def loader_rate(size: int, batch: int, workers: int, n: int = 512, cache_size: i
     """Images per second out of a DataLoader applying the training augmentations to 256 px cached images."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(n, cache_size, cache_size), dtype=np.uint8)
-    dataset = CacheDataset(images, np.arange(n), np.zeros(n, dtype=int), train_transform(size, Augment()), random=True)
+    dataset = CacheDataset(images, np.arange(n), np.zeros(n, dtype=int), train_transform(size, AugmentParams()), random=True)
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=True)
     iterator = iter(loader)
     next(iterator)  # start the workers
