@@ -37,8 +37,8 @@ PARAMS = {
         "tie_orders": 2,
         "bootstrap": 50,
         "attribution": {"ig_steps": 3, "occlusion_window": 0.5, "occlusion_stride": 0.5, "shap_samples": 2},
-        "faithfulness": {"steps": 4, "road_percentiles": [25, 50, 75]},
-        "sanity": {"images": 3, "modes": ["top_down", "bottom_up"], "data_randomisation": True, "data_epochs": 1},
+        "faithfulness": {"steps": 4, "road_percentiles": [50]},  # several percentiles: test_faithfulness.py
+        "sanity": {"images": 2, "modes": ["top_down", "bottom_up"], "data_randomisation": True, "data_epochs": 1},
         "gallery": {"per_outcome": 3, "compare_images": 2},
     },
 }
