@@ -55,7 +55,9 @@ def loader_rate(size: int, batch: int, workers: int, n: int = 512, cache_size: i
     """Images per second out of a DataLoader applying the training augmentations to 256 px cached images."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(n, cache_size, cache_size), dtype=np.uint8)
-    dataset = CacheDataset(images, np.arange(n), np.zeros(n, dtype=int), train_transform(size, AugmentParams()), random=True)
+    dataset = CacheDataset(
+        images, np.arange(n), np.zeros(n, dtype=int), train_transform(size, AugmentParams()), random=True
+    )
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=True)
     iterator = iter(loader)
     next(iterator)  # start the workers

@@ -48,7 +48,6 @@ def write_tiny_dataset(
         )
     np.save(cache / "images.npy", images)
     index = pd.DataFrame(rows)
-    index.to_csv(cache / "index.csv", index=False)
     split = np.array(["train"] * n, dtype=object)
     split[n // 2 : n // 2 + n // 4] = "val"
     split[n // 2 + n // 4 :] = "test"
@@ -57,7 +56,7 @@ def write_tiny_dataset(
         index.loc[val, "label"] = 1 - index.loc[val, "label"]
         index.loc[val, "labels"] = np.where(index.loc[val, "label"] == 1, "Pneumonia", "No Finding")
         index.loc[val, "boxes"] = "[]"
-        index.to_csv(cache / "index.csv", index=False)
+    index.to_csv(cache / "index.csv", index=False)
     split_file = root / "split.csv"
     index.assign(split=split)[["image", "patient", "label", "split"]].to_csv(split_file, index=False)
     return cache, split_file

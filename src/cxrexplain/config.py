@@ -128,9 +128,9 @@ class ModelParams(_Section):
     @field_validator("archs")
     @classmethod
     def _two_known_archs(cls, archs: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [a for a in archs if a not in ARCHS]
-        if unknown:
-            raise ValueError(f"unknown arch {unknown[0]!r} (available: {', '.join(ARCHS)})")
+        for arch in archs:
+            if problem := _unknown_arch(arch):
+                raise ValueError(problem)
         # the consistency stage, DeLong's test and dvc.yaml's report dependencies (model.archs[0] and [1]) compare
         # one pair of backbones
         if len(archs) != 2 or archs[0] == archs[1]:
@@ -285,10 +285,15 @@ class Params(_Section):
 # Loading and validation
 
 
+def _unknown_arch(arch: str) -> str | None:
+    """What is wrong with ``arch`` (not one of :data:`ARCHS`, which it names), or None."""
+    return None if arch in ARCHS else f"unknown arch {arch!r} (available: {', '.join(ARCHS)})"
+
+
 def require_arch(arch: str, stage: str) -> None:
     """A :class:`CxrError` naming ``stage`` and the available architectures unless ``arch`` is one of :data:`ARCHS`."""
-    if arch not in ARCHS:
-        raise CxrError(f"{stage}: unknown arch {arch!r} (available: {', '.join(ARCHS)})")
+    if problem := _unknown_arch(arch):
+        raise CxrError(f"{stage}: {problem}")
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -53,20 +53,16 @@ def project(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     write_tiny_dataset(root / "data")
     params = validate(PARAMS)
+    one_epoch = validate({**PARAMS, "train": {**PARAMS["train"], "max_epochs": 1}})
     for arch in params.model.archs:
-        train.run(
-            validate({**PARAMS, "train": {**PARAMS["train"], "max_epochs": 1}}),
-            arch,
-            ws=Workspace(root),
-            show_progress=False,
-        )
+        train.run(one_epoch, arch, ws=Workspace(root), show_progress=False)
     ws = Workspace(root)
     # the data randomisation test retrains the architecture on permuted labels: once (ResNet-18) is enough here
     sanity = {**PARAMS["explain"]["sanity"], "data_randomisation": False}
     without = validate({**PARAMS, "explain": {**PARAMS["explain"], "sanity": sanity}})
     results = {
         arch: explain.run(p, arch, ws=ws, device="cpu", show_progress=False)
-        for arch, p in (("resnet18", params), ("densenet121", without))
+        for arch, p in zip(params.model.archs, (params, without), strict=True)
     }
     yield root, params, results
     mp.undo()

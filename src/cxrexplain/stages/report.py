@@ -23,14 +23,13 @@ def run(
     params: Params,
     *,
     ws: Workspace | None = None,
-    archs: tuple[str, ...] | None = None,
     log_to_mlflow: bool = True,
     bootstrap: int | None = None,
 ) -> dict:
-    """Build ``ws.report`` for ``archs`` (default ``params.model.archs``); returns ``metrics.json``'s content.
-    ``bootstrap`` overrides ``params.report.bootstrap``."""
+    """Build ``ws.report`` for ``params.model.archs``; returns ``metrics.json``'s content. ``bootstrap`` overrides
+    ``params.report.bootstrap``."""
     ws = ws or Workspace()
-    archs = params.model.archs if archs is None else archs
+    archs = params.model.archs
     found = report.read_inputs(ws, archs, run_refs=log_to_mlflow)
     refs = {a: tracking.require_run(ws.model(a).run_ref) for a in archs} if log_to_mlflow else {}
     metrics, made = report.write(
