@@ -10,7 +10,7 @@ BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("b
 
 
 def test_there_are_benchmarks():
-    assert {p.name for p in BENCHMARKS} >= {"bench_sample.py", "bench_train.py", "bench_explain.py"}
+    assert {p.name for p in BENCHMARKS} >= {"bench_sample.py", "bench_train.py", "bench_explain.py", "bench_report.py"}
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation.document import Document
@@ -17,6 +17,33 @@ def test_fast_metrics_equal_the_torchmetrics_point_estimates():
         slow = cls.point_metrics(labels, probs, threshold)
         fast = cls._fast_metrics(labels, probs.astype(float), threshold)
         assert fast == pytest.approx(slow, abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", [None, 5, 2])  # continuous scores, heavy ties, two values only
+def test_auroc_and_average_precision_equal_sklearn_on_random_tied_scores(levels):
+    rng = np.random.default_rng(levels or 0)
+    for size in (2, 3, 10, 57, 400):
+        for _ in range(20):
+            labels = rng.integers(0, 2, size)
+            labels[:2] = (0, 1)  # both classes
+            scores = rng.random(size) if levels is None else rng.integers(0, levels, size) / levels
+            assert cls.auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+            assert cls.average_precision(labels, scores) == pytest.approx(
+                average_precision_score(labels, scores), abs=1e-12
+            )
+
+
+def test_auroc_and_average_precision_by_hand():
+    labels = np.array([1, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.8, 0.1])
+    # pairs (positive, negative): (0.9, 0.8) 1, (0.9, 0.1) 1, (0.8, 0.8) 1/2, (0.8, 0.1) 1 -> 3.5 / 4
+    assert cls.auroc(labels, scores) == 0.875
+    # thresholds 0.9: P 1, R 1/2; 0.8 (two images, one threshold): P 2/3, R 1 -> 1/2·1 + 1/2·2/3
+    assert cls.average_precision(labels, scores) == pytest.approx(0.5 + 1 / 3)
+    with pytest.raises(ValueError, match="both classes"):
+        cls.auroc(np.array([1, 1]), np.array([0.2, 0.3]))
+    with pytest.raises(ValueError, match="positive"):
+        cls.average_precision(np.array([0, 0]), np.array([0.2, 0.3]))
 
 
 def test_expected_calibration_error_by_hand():

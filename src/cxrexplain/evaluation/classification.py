@@ -17,7 +17,6 @@ from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
     precision_recall_curve,
-    roc_auc_score,
     roc_curve,
 )
 
@@ -53,8 +52,40 @@ def point_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: floa
     return {k: out[k] for k in METRICS}
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic: ``(Σ midrank(positives) − m(m+1)/2) / (m·n)`` for ``m`` positives and
+    ``n`` negatives, ties counted one half (midranks). Equals sklearn's ``roc_auc_score`` (trapezoids under the ROC
+    curve; tested to 1e-12 on random tied scores) without its input validation: with it and sklearn's average
+    precision, 1,000 bootstrap resamples of 35 test images took 6.9 s instead of 0.7 s
+    (``benchmarks/bench_report.py``). Both classes are needed (else ``ValueError``, as sklearn)."""
+    positive = np.asarray(labels) == 1
+    m = int(positive.sum())
+    n = positive.size - m
+    if m == 0 or n == 0:
+        raise ValueError("AUROC needs both classes")
+    ranks = scipy.stats.rankdata(scores)
+    return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AP ``= Σ_k (R_k − R_{k−1}) · P_k`` over the distinct scores taken as thresholds from the highest (recall
+    ``R_0 = 0``): sklearn's ``average_precision_score`` convention (a step function, no interpolation; tied scores
+    are one threshold), tested equal on random tied scores. At least one positive is needed (else ``ValueError``)."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], (labels[order] == 1)
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+    tp = np.cumsum(hits)[last_of_each_score]
+    if tp[-1] == 0:
+        raise ValueError("average precision needs a positive image")
+    precision = tp / (last_of_each_score + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
 def _fast_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """:func:`point_metrics` in plain numpy/sklearn (the bootstrap calls it 1000s of times; tested equal)."""
+    """:func:`point_metrics` in plain numpy (the bootstrap calls it 1000s of times; tested equal)."""
     predicted = probabilities > threshold
     positive = labels == 1
     tp = float(np.sum(predicted & positive))
@@ -74,8 +105,8 @@ def _fast_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: floa
         "recall": recall,
         "specificity": ratio(tn, tn + fp),
         "f1": ratio(2 * precision * recall, precision + recall),
-        "auroc": float(roc_auc_score(labels, probabilities)) if both else float("nan"),
-        "auprc": float(average_precision_score(labels, probabilities)) if both else float("nan"),
+        "auroc": auroc(labels, probabilities) if both else float("nan"),
+        "auprc": average_precision(labels, probabilities) if both else float("nan"),
         "ece": expected_calibration_error(labels, probabilities),
     }
 
