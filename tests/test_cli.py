@@ -1,34 +1,10 @@
 """The command line: user errors are one clear message and exit status 2, never a traceback."""
 
-import io
-import os
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from types import SimpleNamespace
 
-from cxrexplain.cli import main
-
-
-def cli(*args: str, cwd: Path) -> SimpleNamespace:
-    """``cxrexplain *args`` run in this process through :func:`main`, the console script's entry point (a CxrError is
-    printed without a traceback and exits 2; anything else propagates and fails the test). In-process because a new
-    interpreter costs seconds of imports per call; one test below runs ``python -m cxrexplain`` as a real process."""
-    out, err, argv, here = io.StringIO(), io.StringIO(), sys.argv, os.getcwd()
-    try:
-        os.chdir(cwd)
-        sys.argv = ["cxrexplain", *args]
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    finally:
-        os.chdir(here)
-        sys.argv = argv
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+from inprocess import cli
 
 
 def test_invalid_params_fail_before_any_work_naming_the_key(tmp_path):

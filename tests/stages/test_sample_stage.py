@@ -22,6 +22,7 @@ from cxrexplain.data.synth import synth_index, write_mirror
 from cxrexplain.errors import CxrError
 from cxrexplain.stages import download, sample
 from cxrexplain.workspace import Workspace
+from inprocess import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"seed": 0, "workers": 2, "sample": {"per_class": 1000, "balance": False, "image_size": 32}}
@@ -66,10 +67,6 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
-def cxr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env(), timeout=300)
-
-
 def cohort_images(entries: pd.DataFrame) -> set[str]:
     """The cohort PARAMS ask for: every Pneumonia image and every No Finding image."""
     pneumonia = entries["labels"].str.split("|").map(lambda labels: layout.PNEUMONIA in labels)
@@ -86,7 +83,7 @@ def test_membership_does_not_depend_on_the_rows_of_the_csv(tmp_path, mirror, cha
     else:  # every third patient left out
         entries = entries[entries["patient"] % 3 != 0]
     metadata.write_data_entry(entries, ws.raw / layout.DATA_ENTRY)
-    result = cxr("-m", "cxrexplain.cli", "sample", "--no-progress", cwd=tmp_path)
+    result = cli("sample", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(ws.stage_metrics("sample").read_text())
     assert metrics["rejected"] == 0
@@ -105,7 +102,7 @@ def test_a_cohort_the_archives_do_not_hold_fails_with_exit_2(tmp_path, mirror):
         ]
     )
     metadata.write_data_entry(pd.concat([entries, absent]), ws.raw / layout.DATA_ENTRY)
-    result = cxr("-m", "cxrexplain.cli", "sample", "--no-progress", cwd=tmp_path)
+    result = cli("sample", "--no-progress", cwd=tmp_path)
     assert result.returncode == 2
     message = " ".join(result.stderr.split())  # rich wraps long lines
     assert "data/raw: 10 of the" in message and "cohort images cannot be cached" in message
