@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import requests
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -376,49 +375,6 @@ def test_ddp_on_two_cpu_processes_creates_exactly_one_run(tmp_path):
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
     assert (project / "models" / "resnet18" / "best.ckpt").is_file()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "art"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{uri}/health", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.3)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not start within 90 s")
-    yield uri
-    server.terminate()
-    server.wait(timeout=20)
 
 
 def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypatch):
