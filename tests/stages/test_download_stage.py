@@ -1,6 +1,9 @@
 """Stage download: synthetic generation, and the NIH path against a local HTTP mirror (same file names)."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +16,6 @@ from cxrexplain.data.synth import read_manifest, synth_index, write_mirror
 from cxrexplain.errors import CxrError
 from cxrexplain.stages import download
 from cxrexplain.workspace import Workspace
-from inprocess import cli
 
 FAST_RETRY = {"attempts": 2, "backoff_s": 0.01, "timeout_s": 5.0}
 DEAD_LINK_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box | Shared link unavailable</title></head></html>\n"
@@ -187,7 +189,16 @@ def test_html_test_list_exits_2_on_the_command_line(served, tmp_path):
     server.files[layout.TEST_LIST] = b"00000001_000.png\n" + DEAD_LINK_PAGE  # not even a page from its first bytes
     p = {"workers": 1, "data": {"source": "nih", "mirror": server.base, "retry": FAST_RETRY}}
     (tmp_path / "params.yaml").write_text(json.dumps(p))  # JSON is YAML
-    result = cli("download", "--no-progress", cwd=tmp_path)
+    # a process of its own: in this one, the test server's threads may print a traceback of their own (a client
+    # that stops reading) into the redirected stderr this test checks
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrexplain.cli", "download", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2, result.stderr
     assert "test_list.txt" in result.stderr and "line 2 is '<!DOCTYPE html>'" in result.stderr
     assert "Traceback" not in result.stderr
