@@ -132,27 +132,27 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
 
 
 def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
-    dest, env = repo
+    dest, _ = repo
     original = (dest / "params.yaml").read_text()
     try:
         (dest / "params.yaml").write_text(original.replace("group_by: patient", "group_by: image"))
-        changed = stale_stages(dest, env)
+        changed = stale_stages(dest)
         assert "split" in changed and not changed & {"download", "sample"}
         (dest / "params.yaml").write_text(original.replace("  patience:", "  patience: 9  # was", 1))
-        assert stale_stages(dest, env) == {"train@resnet18", "train@densenet121"}
+        assert stale_stages(dest) == {"train@resnet18", "train@densenet121"}
         (dest / "params.yaml").write_text(original.replace("  iobb_level:", "  iobb_level: 0.4  # was", 1))
-        assert stale_stages(dest, env) == {"explain@resnet18", "explain@densenet121"}
+        assert stale_stages(dest) == {"explain@resnet18", "explain@densenet121"}
         (dest / "params.yaml").write_text(original.replace("seed: 42", "seed: 7", 1))
-        assert {"report", "explain@resnet18"} <= stale_stages(dest, env)
+        assert {"report", "explain@resnet18"} <= stale_stages(dest)
         # another pair: only the new backbone's stages and those that compare the pair; densenet121 is not retrained
         (dest / "params.yaml").write_text(original.replace("[resnet18, densenet121]", "[resnet50, densenet121]", 1))
-        assert stale_stages(dest, env) == {"train@resnet50", "explain@resnet50", "consistency", "report"}
+        assert stale_stages(dest) == {"train@resnet50", "explain@resnet50", "consistency", "report"}
     finally:
         (dest / "params.yaml").write_text(original)
-    assert stale_stages(dest, env) == set()
+    assert stale_stages(dest) == set()
 
 
-def dvc_status(dest: Path, env: dict) -> dict:
+def dvc_status(dest: Path) -> dict:
     """What ``dvc status --json`` prints (the CLI prints this call's result), without a new interpreter each time."""
     from dvc.repo import Repo
 
@@ -160,8 +160,8 @@ def dvc_status(dest: Path, env: dict) -> dict:
         return repo.status()
 
 
-def stale_stages(dest: Path, env: dict) -> set[str]:
-    return set(dvc_status(dest, env))
+def stale_stages(dest: Path) -> set[str]:
+    return set(dvc_status(dest))
 
 
 def test_outputs_travel_through_a_dvc_remote_to_a_fresh_clone(repo, tmp_path):
@@ -178,6 +178,6 @@ def test_outputs_travel_through_a_dvc_remote_to_a_fresh_clone(repo, tmp_path):
     for arch in yaml.safe_load((dest / "params.yaml").read_text())["model"]["archs"]:
         assert (clone / f"models/{arch}/best.ckpt").read_bytes() == (dest / f"models/{arch}/best.ckpt").read_bytes()
         assert (clone / f"explain/{arch}/maps.npz").is_file()
-    status = dvc_status(clone, env)
+    status = dvc_status(clone)
     assert set(status) == {"download", "sample", "split"}, status  # download's output and the deps read from it
     assert all("data/raw" in json.dumps(status[name]) for name in ("sample", "split")), status

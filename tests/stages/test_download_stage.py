@@ -18,6 +18,7 @@ from cxrexplain.stages import download
 from cxrexplain.workspace import Workspace
 
 FAST_RETRY = {"attempts": 2, "backoff_s": 0.01, "timeout_s": 5.0}
+SRC = Path(__file__).resolve().parents[2] / "src"
 DEAD_LINK_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box | Shared link unavailable</title></head></html>\n"
 
 
@@ -191,7 +192,7 @@ def test_html_test_list_exits_2_on_the_command_line(served, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(p))  # JSON is YAML
     # a process of its own: in this one, the test server's threads may print a traceback of their own (a client
     # that stops reading) into the redirected stderr this test checks
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     result = subprocess.run(
         [sys.executable, "-m", "cxrexplain.cli", "download", "--no-progress"],
         cwd=tmp_path,
