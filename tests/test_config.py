@@ -1,5 +1,8 @@
 """params.yaml validation: every bad key fails before any work, naming the key; profiles merge over the study."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +82,8 @@ def test_invalid_params_name_the_key(raw, fragment):
 
 
 def test_allowed_names_come_from_the_registries(monkeypatch):
-    """One source of truth: the config's names are the registries' keys (adding an entry is enough)."""
+    """The config's names are the registries' keys, in their order: the measures' registry directly, the others through
+    names.py (torch-free), which each of those registries checks when it is imported."""
     from cxrexplain import config
     from cxrexplain.explain.attributions import ATTRIBUTION_METHODS
     from cxrexplain.explain.cam import CAM_METHODS
@@ -93,6 +97,36 @@ def test_allowed_names_come_from_the_registries(monkeypatch):
     assert tuple(ATTRIBUTION_METHODS) == config.ATTRIBUTION_NAMES
     assert tuple(BACKBONES) == config.ARCHS
     assert Params().explain.cams == tuple(CAM_METHODS)  # the default explains with every registered CAM
+
+
+def test_a_registry_that_disagrees_with_names_py_fails_naming_what_to_add():
+    from cxrexplain.names import registered
+
+    assert registered("CAMS", ("a", "b"), {"a": 1, "b": 2}) == {"a": 1, "b": 2}
+    with pytest.raises(RuntimeError, match=r"CAM_METHODS lists .*add \['scorecam'\] to names.py"):
+        registered("CAM_METHODS", ("gradcam",), {"gradcam": 1, "scorecam": 2})
+    with pytest.raises(RuntimeError, match=r"add \['hirescam'\] to BACKBONES or remove them from names.py"):
+        registered("BACKBONES", ("resnet50", "hirescam"), {"resnet50": 1})
+    with pytest.raises(RuntimeError, match="the order differs"):
+        registered("MODES", ("a", "b"), {"b": 1, "a": 2})
+
+
+def test_commands_that_read_no_tensor_import_no_torch():
+    """The config, the command line and the download, sample, split and report stages import neither torch nor
+    anything built on it (each of those imports costs seconds in every stage process; ``python -X importtime``)."""
+    heavy = ("torch", "torchvision", "torchmetrics", "lightning", "captum")
+    code = (
+        "import sys\n"
+        "import cxrexplain.cli, cxrexplain.stages.download, cxrexplain.stages.sample, cxrexplain.stages.split\n"
+        "import cxrexplain.stages.report\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    import cxrexplain
+
+    src = str(Path(cxrexplain.__file__).resolve().parents[1])  # this checkout, however pytest was started
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 @pytest.mark.parametrize(

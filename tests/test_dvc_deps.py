@@ -21,7 +21,8 @@ INFRASTRUCTURE = {
     "cxrexplain.workspace",
 }
 # config.py is a dependency (its validators shape the values a stage gets) but its imports are not followed: it
-# imports the registries only for the names it accepts, and a new CAM method must not make `sample` stale
+# imports names.py and the measures' registry only for the names it accepts, and a new CAM method must not make
+# `sample` stale
 NOT_FOLLOWED = INFRASTRUCTURE | {"cxrexplain.config"}
 
 

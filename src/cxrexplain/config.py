@@ -17,27 +17,25 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cxrexplain import names
 from cxrexplain.errors import CxrError
-from cxrexplain.explain.attributions import ATTRIBUTION_METHODS
-from cxrexplain.explain.cam import CAM_METHODS
 from cxrexplain.explain.measures.registry import MEASURES
-from cxrexplain.explain.measures.sanity import MODES
-from cxrexplain.models.backbones import BACKBONES
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES_DIR = Path("profiles")
 
-# Allowed names come from the registries themselves (one source of truth: adding a backbone, a CAM method, an
-# attribution method or a measure is one registry entry, and the config accepts it).
-ARCHS = tuple(BACKBONES)
+# Allowed names come from the registries: the measures' registry itself (it imports torch only to compute), the
+# others' names through cxrexplain/names.py, which each of those registries checks it agrees with when imported (so
+# that params, download, sample and split validate params.yaml without importing torch).
+ARCHS = names.ARCHS
 # the largest network input side accepted anywhere (train.image_size, explain-image --size, a checkpoint's size):
 # 1024 px is NIH's full resolution; a 100,000 px request would be killed for memory instead of refused
 MAX_INPUT_SIDE = 1024
 MIN_INPUT_SIDE = 32
-CAM_NAMES = tuple(CAM_METHODS)
-ATTRIBUTION_NAMES = tuple(ATTRIBUTION_METHODS)
+CAM_NAMES = names.CAMS
+ATTRIBUTION_NAMES = names.ATTRIBUTIONS
 MEASURE_NAMES = tuple(MEASURES)
-SANITY_MODES = tuple(MODES)
+SANITY_MODES = names.SANITY_MODES
 
 
 class _Section(BaseModel):

@@ -1,4 +1,4 @@
-"""Report metrics: fast path equals torchmetrics/sklearn, float64 thresholds, ECE, intervals, DeLong, the document."""
+"""Report metrics: numpy equals torchmetrics/sklearn, float64 thresholds, ECE, intervals, DeLong, the document."""
 
 import numpy as np
 import pytest
@@ -9,14 +9,23 @@ from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.metrics import binary_metrics
 
 
-def test_fast_metrics_equal_the_torchmetrics_point_estimates():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 80)
-    probs = np.clip(labels * 0.3 + rng.random(80) * 0.7, 0, 1)
-    for threshold in (0.3, 0.5, 0.71):
-        slow = cls.point_metrics(labels, probs, threshold)
-        fast = cls._fast_metrics(labels, probs.astype(float), threshold)
-        assert fast == pytest.approx(slow, abs=1e-6)
+@pytest.mark.parametrize("levels", [None, 5, 2])  # continuous scores, heavy ties, two values only
+def test_point_metrics_equal_torchmetrics_and_sklearn_on_random_inputs(levels):
+    """The report's numpy metrics against the references: torchmetrics' functional metrics (what training logs; they
+    return float32 ratios, hence 1e-7) and sklearn's average precision (float64, 1e-12)."""
+    rng = np.random.default_rng(levels or 0)
+    for size in (2, 7, 80, 301):
+        labels = rng.integers(0, 2, size)
+        labels[:2] = (0, 1)
+        probs = rng.random(size) if levels is None else rng.integers(0, levels + 1, size) / levels
+        for threshold in (0.0, 0.3, 0.5, 0.71, 1.0):
+            ours = cls.point_metrics(labels, probs, threshold)
+            reference = binary_metrics(labels, probs, threshold=threshold)
+            assert {k: ours[k] for k in reference} == pytest.approx(reference, abs=1e-7), (size, threshold)
+            assert ours["auprc"] == pytest.approx(average_precision_score(labels, probs), abs=1e-12)
+    one_class = cls.point_metrics(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]), 0.5)
+    assert np.isnan(one_class["auroc"]) and np.isnan(one_class["auprc"])
+    assert one_class["recall"] == pytest.approx(2 / 3) and one_class["specificity"] == 0.0  # 0 / 0 -> 0
 
 
 @pytest.mark.parametrize("levels", [None, 5, 2])  # continuous scores, heavy ties, two values only
@@ -69,9 +78,7 @@ def test_point_estimates_and_bootstrap_threshold_in_float64_alike():
     # estimate said recall 0 while the bootstrap (float64) said 1
     labels, probs, threshold = np.array([1, 0]), np.array([0.99999997, 0.2]), 0.99999995
     assert float(np.float32(0.99999997)) < threshold < 0.99999997
-    point = cls.point_metrics(labels, probs, threshold)
-    fast = cls._fast_metrics(labels, probs, threshold)
-    for metrics in (point, fast):
+    for metrics in (cls.point_metrics(labels, probs, threshold), binary_metrics(labels, probs, threshold)):
         assert [metrics[k] for k in ("accuracy", "precision", "recall", "specificity", "f1")] == [1.0] * 5
     boot = cls.bootstrap_metrics(labels, probs, threshold, n=50)
     assert boot["recall"]["value"] == 1.0 and boot["recall"]["high"] == 1.0  # low: resamples without a positive

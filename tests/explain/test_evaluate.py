@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cxrexplain.config import ExplainParams, FaithfulnessParams, SanityParams
-from cxrexplain.evaluation.metrics import youden_threshold
+from cxrexplain.evaluation.classification import youden_threshold
 from cxrexplain.explain.evaluate import (
     choose_subset,
     explain_images,

@@ -1,10 +1,14 @@
 """Test-set classification metrics with 95 % bootstrap intervals, curves and calibration, for the report.
 
-Point estimates come from :func:`cxrexplain.evaluation.metrics.binary_metrics` (torchmetrics, probabilities in
-float64 like the bootstrap) plus AUPRC (sklearn's average precision) and the expected calibration error; intervals
-are percentile bootstrap over images, or over patients when cluster ids are given (resampled with replacement, ``n``
-times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for those two. Two AUROCs on
-the same images are compared with DeLong's test (:func:`delong`).
+Point estimates and every bootstrap resample come from :func:`point_metrics`, in float64 numpy: the counts at the
+threshold give accuracy, precision, recall, specificity and F1 (torchmetrics' conventions: predicted positive when
+``probability > threshold``, 0 for a ratio over zero), :func:`auroc` and :func:`average_precision` equal sklearn's
+``roc_auc_score`` and ``average_precision_score``, plus the expected calibration error. Tested equal to
+torchmetrics' functional metrics (what training logs, :func:`cxrexplain.evaluation.metrics.binary_metrics`), which
+return float32 ratios (so equal to 1e-7, not bitwise), and to sklearn's. The report imports no torch through this
+module. Intervals are percentile bootstrap over images, or over patients when cluster ids are given (resampled with
+replacement, ``n`` times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for those
+two. Two AUROCs on the same images are compared with DeLong's test (:func:`delong`).
 """
 
 from __future__ import annotations
@@ -13,14 +17,8 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_curve,
-)
+from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
-from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.explain.measures.statistics import Clusters
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "auprc", "ece")
@@ -41,15 +39,24 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     return float(total)
 
 
-def point_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every metric of :data:`METRICS` at ``threshold`` (predicted positive when probability > threshold)."""
+def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity − 1 on these predictions (sklearn's ROC).
+
+    Predictions are positive when ``probability > threshold`` (torchmetrics' rule). Every threshold between the
+    lowest score called positive at the best ROC point and the next lower score gives the same J; the middle of that
+    gap is returned, so that a well-separated validation set (scores near 0 and 1) gives a threshold near the middle
+    rather than at the edge of the positives. The best point that calls everything positive gives the value just
+    below the lowest score; one class only: 0.5.
+    """
     labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
-    out = binary_metrics(labels, probabilities, threshold=threshold)
-    both = len(np.unique(labels)) == 2
-    out["auprc"] = float(average_precision_score(labels, probabilities)) if both else float("nan")
-    out["ece"] = expected_calibration_error(labels, probabilities)
-    return {k: out[k] for k in METRICS}
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(probabilities, dtype=np.float64), drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))
+    cut = min(float(thresholds[best]), 1.0)  # thresholds[0] is +inf: nothing called positive
+    if best + 1 < len(thresholds):
+        return float((cut + float(thresholds[best + 1])) / 2)
+    return float(np.nextafter(cut, -np.inf))
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -84,8 +91,11 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
-def _fast_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """:func:`point_metrics` in plain numpy (the bootstrap calls it 1000s of times; tested equal)."""
+def point_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Every metric of :data:`METRICS` at ``threshold`` (predicted positive when probability > threshold, in
+    float64); AUROC and AUPRC are NaN with one class only (undefined there). The bootstrap calls it per resample."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = probabilities > threshold
     positive = labels == 1
     tp = float(np.sum(predicted & positive))
@@ -143,7 +153,7 @@ def bootstrap_metrics(
             idx = rng.integers(0, len(labels), len(labels))
         else:
             idx = groups.members(rng.integers(0, groups.k, groups.k))
-        m = _fast_metrics(labels[idx], probabilities[idx], threshold)
+        m = point_metrics(labels[idx], probabilities[idx], threshold)
         for k, v in m.items():
             if not np.isnan(v):
                 draws[k].append(v)

@@ -34,25 +34,3 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "specificity": float(binary_specificity(preds, target, threshold=threshold)),
         "f1": float(binary_f1_score(preds, target, threshold=threshold)),
     }
-
-
-def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The threshold maximising Youden's J = sensitivity + specificity − 1 on these predictions (sklearn's ROC).
-
-    Predictions are positive when ``probability > threshold`` (torchmetrics' rule). Every threshold between the
-    lowest score called positive at the best ROC point and the next lower score gives the same J; the middle of that
-    gap is returned, so that a well-separated validation set (scores near 0 and 1) gives a threshold near the middle
-    rather than at the edge of the positives. The best point that calls everything positive gives the value just
-    below the lowest score; one class only: 0.5.
-    """
-    from sklearn.metrics import roc_curve
-
-    labels = np.asarray(labels).astype(int)
-    if len(np.unique(labels)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, np.asarray(probabilities, dtype=np.float64), drop_intermediate=False)
-    best = int(np.argmax(tpr - fpr))
-    cut = min(float(thresholds[best]), 1.0)  # thresholds[0] is +inf: nothing called positive
-    if best + 1 < len(thresholds):
-        return float((cut + float(thresholds[best + 1])) / 2)
-    return float(np.nextafter(cut, -np.inf))

@@ -37,7 +37,6 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import figures
 from cxrexplain.evaluation.document import Document
-from cxrexplain.evaluation.metrics import youden_threshold
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import atomic_dir, scratch_dir, write_csv, write_json, write_text
 from cxrexplain.workspace import ExplainFiles, ReportFiles, Workspace
@@ -148,7 +147,7 @@ def linked_galleries(explained: Mapping, files: ExplainFiles) -> dict[str, Path]
 def classification(predictions: pd.DataFrame, *, bootstrap: int, seed: int) -> dict:
     """Test-set metrics at 0.5 and at Youden's threshold (chosen on val), patient-clustered bootstrap intervals."""
     val, test = predictions[predictions["split"] == "val"], predictions[predictions["split"] == "test"]
-    youden = youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
+    youden = cls.youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
     y, p = test["label"].to_numpy(), test["probability"].to_numpy()
     patients = test["patient"].astype(str).to_numpy() if "patient" in test else None
     return {

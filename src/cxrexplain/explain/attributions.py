@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.cam import evaluating, normalise
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
@@ -248,13 +249,18 @@ def gradient_shap(
     return torch.cat(out)
 
 
-ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
-    "saliency": saliency,
-    "integrated_gradients": integrated_gradients,
-    "occlusion": occlusion,
-    "gradient_shap": gradient_shap,
-}
-"""Name → raw attribution function; adding a method is one entry (same call signature, raw (B, H, W) output)."""
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = names.registered(
+    "ATTRIBUTION_METHODS",
+    names.ATTRIBUTIONS,
+    {
+        "saliency": saliency,
+        "integrated_gradients": integrated_gradients,
+        "occlusion": occlusion,
+        "gradient_shap": gradient_shap,
+    },
+)
+"""Name → raw attribution function; adding a method is one entry (same call signature, raw (B, H, W) output) and
+its name in ``names.ATTRIBUTIONS``."""
 
 
 def to_maps(raw: torch.Tensor, reduce: Reduce = "abs") -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import Classifier
 
@@ -233,15 +234,19 @@ def eigengradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Te
     return torch.relu(principal_projection(gradients * activations))
 
 
-CAM_METHODS: dict[str, CamMethod] = {
-    "gradcam": gradcam,
-    "gradcampp": gradcampp,
-    "xgradcam": xgradcam,
-    "layercam": layercam,
-    "hirescam": hirescam,
-    "eigengradcam": eigengradcam,
-}
-"""The CAM methods by name; adding one is a function of ``(A, G)`` and an entry here."""
+CAM_METHODS: dict[str, CamMethod] = names.registered(
+    "CAM_METHODS",
+    names.CAMS,
+    {
+        "gradcam": gradcam,
+        "gradcampp": gradcampp,
+        "xgradcam": xgradcam,
+        "layercam": layercam,
+        "hirescam": hirescam,
+        "eigengradcam": eigengradcam,
+    },
+)
+"""The CAM methods by name; adding one is a function of ``(A, G)``, an entry here and its name in ``names.CAMS``."""
 
 
 # ------------------------------------------------------------------------------------------ maps and entry point

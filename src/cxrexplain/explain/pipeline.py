@@ -28,7 +28,7 @@ from cxrexplain import tracking
 from cxrexplain.data.datamodule import eval_transform, read_split
 from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
-from cxrexplain.evaluation.metrics import youden_threshold
+from cxrexplain.evaluation.classification import youden_threshold
 from cxrexplain.explain import gallery
 from cxrexplain.explain.evaluate import (
     PNEUMONIA,

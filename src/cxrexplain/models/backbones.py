@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.errors import CxrError
 
 # Grayscale normalisation: the mean and std of ImageNet's RGB statistics (what a replicated gray image would see).
@@ -95,34 +96,38 @@ def _densenet_blocks(features: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet50": BackboneSpec(
-        "resnet50",
-        "ResNet50_Weights.IMAGENET1K_V2",
-        _resnet_cut,
-        lambda m: "conv1",
-        "layer4 (output)",
-        _resnet_blocks,
-    ),
-    "densenet121": BackboneSpec(
-        "densenet121",
-        "DenseNet121_Weights.IMAGENET1K_V1",
-        _densenet_cut,
-        lambda m: "features.conv0",
-        "features.norm5 + ReLU (output)",
-        _densenet_blocks,
-    ),
-    # the study's two above; ResNet-18 (a third of ResNet-50's CPU time per training step at 96 px, measured in
-    # benchmarks/bench_train.py) keeps CPU runs short: the ci profile and the tests
-    "resnet18": BackboneSpec(
-        "resnet18",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        _resnet_cut,
-        lambda m: "conv1",
-        "layer4 (output)",
-        _resnet_blocks,
-    ),
-}
+BACKBONES: dict[str, BackboneSpec] = names.registered(
+    "BACKBONES",
+    names.ARCHS,
+    {
+        "resnet50": BackboneSpec(
+            "resnet50",
+            "ResNet50_Weights.IMAGENET1K_V2",
+            _resnet_cut,
+            lambda m: "conv1",
+            "layer4 (output)",
+            _resnet_blocks,
+        ),
+        "densenet121": BackboneSpec(
+            "densenet121",
+            "DenseNet121_Weights.IMAGENET1K_V1",
+            _densenet_cut,
+            lambda m: "features.conv0",
+            "features.norm5 + ReLU (output)",
+            _densenet_blocks,
+        ),
+        # the study's two above; ResNet-18 (a third of ResNet-50's CPU time per training step at 96 px, measured in
+        # benchmarks/bench_train.py) keeps CPU runs short: the ci profile and the tests
+        "resnet18": BackboneSpec(
+            "resnet18",
+            "ResNet18_Weights.IMAGENET1K_V1",
+            _resnet_cut,
+            lambda m: "conv1",
+            "layer4 (output)",
+            _resnet_blocks,
+        ),
+    },
+)
 
 
 class Classifier(nn.Module):

@@ -35,9 +35,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from cxrexplain.explain.measures.ordering import TIE_ORDERS, tie_broken_order
-
-IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-"""The T(IoBB) levels of ChestX-ray8's localisation table (Wang et al. 2017, Table 3)."""
+from cxrexplain.explain.measures.registry import IOBB_THRESHOLDS  # the registry names a column per level
 
 Box = list[float]
 """``[x, y, w, h]`` in pixels: the box ``[x, x + w] × [y, y + h]``."""

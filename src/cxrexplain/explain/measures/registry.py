@@ -5,6 +5,9 @@ maps it is scored on, and a function of a :class:`MeasureBatch`. Adding a measur
 module and one entry here; the explain stage computes every selected entry, and the report, the summary, the paired
 comparisons and ``metrics/explain/<arch>.json`` pick the columns up from this registry without an edit.
 
+The registry itself imports neither torch nor the families' modules: each compute function imports its family when
+it runs, so the config (every command) and the report read the names and columns without torch's import.
+
 Which maps each family scores (``Measure.on``):
 
 - ``pneumonia``: the map of class Pneumonia on every image with a Pneumonia box, whatever the prediction (the boxes
@@ -18,12 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import nn
-
-from cxrexplain.explain.measures import complexity, faithfulness, localisation
+if TYPE_CHECKING:  # annotations only; the compute functions import torch through their family's module
+    import torch
+    from torch import nn
 
 Family = Literal["localisation", "faithfulness", "complexity"]
 Better = Literal["higher", "lower"] | None
@@ -81,6 +83,8 @@ class Measure:
 
 
 def _pointing(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import localisation
+
     if b.raw is not None:
         hits = localisation.cell_pointing(b.raw, b.masks, tolerance=b.options.tolerance)
     else:
@@ -88,7 +92,15 @@ def _pointing(b: MeasureBatch) -> dict[str, torch.Tensor]:
     return {"pointing": hits.float()}
 
 
+def _energy(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import localisation
+
+    return {"energy": localisation.energy_inside(b.maps, b.masks)}
+
+
 def _iou(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import localisation
+
     iou, iobb = localisation.iou_iobb(b.maps, b.masks, level=b.options.level)
     return {"iou": iou, "iobb": iobb}
 
@@ -96,6 +108,8 @@ def _iou(b: MeasureBatch) -> dict[str, torch.Tensor]:
 def _box_level(b: MeasureBatch) -> dict[str, torch.Tensor]:
     """Per image and T(IoBB): the share of its boxes hit (the mean over images weights images, not boxes, equally:
     the paper pools boxes; NIH images have one Pneumonia box in most cases) and its false positives (mean = AFP)."""
+    from cxrexplain.explain.measures import localisation
+
     counts = localisation.box_level(b.maps, b.boxes, level=b.options.level)
     truth = counts.truth.double().clamp_min(1)
     out = {}
@@ -106,6 +120,8 @@ def _box_level(b: MeasureBatch) -> dict[str, torch.Tensor]:
 
 
 def _deletion_insertion(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import faithfulness
+
     o = b.options
     di = faithfulness.deletion_insertion(
         b.model,
@@ -122,11 +138,15 @@ def _deletion_insertion(b: MeasureBatch) -> dict[str, torch.Tensor]:
 
 
 def _confidence(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import faithfulness
+
     cc = faithfulness.confidence_change(b.model, b.images, b.maps, b.classes, batch_size=b.options.batch_size)
     return {"average_drop": 100.0 * cc.drop, "increase": cc.increase.float()}
 
 
 def _road(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import faithfulness
+
     o = b.options
     out = {}
     for order in ("morf", "lerf"):
@@ -145,7 +165,26 @@ def _road(b: MeasureBatch) -> dict[str, torch.Tensor]:
     return out
 
 
-IOBB_THRESHOLDS = localisation.IOBB_THRESHOLDS
+def _otsu_iou(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import localisation
+
+    return {"otsu_iou": localisation.otsu_iou(b.maps, b.masks)}
+
+
+def _sparseness(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import complexity
+
+    return {"sparseness": complexity.sparseness(b.maps)}
+
+
+def _complexity(b: MeasureBatch) -> dict[str, torch.Tensor]:
+    from cxrexplain.explain.measures import complexity
+
+    return {"complexity": complexity.complexity(b.maps)}
+
+
+IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+"""The T(IoBB) levels of ChestX-ray8's localisation table (Wang et al. 2017, Table 3)."""
 BOX_COLUMNS = tuple(f"box_{what}_{t:g}" for what in ("acc", "fp") for t in IOBB_THRESHOLDS)
 
 MEASURES: dict[str, Measure] = {
@@ -172,7 +211,7 @@ MEASURES: dict[str, Measure] = {
             "localisation",
             "pneumonia",
             (Column("energy", "energy in boxes", "higher", description="share of the map's sum inside the boxes"),),
-            lambda b: {"energy": localisation.energy_inside(b.maps, b.masks)},
+            _energy,
             "Wang et al. 2020, Score-CAM (energy-based pointing game); Quantus RelevanceMassAccuracy",
         ),
         Measure(
@@ -191,7 +230,7 @@ MEASURES: dict[str, Measure] = {
             "localisation",
             "pneumonia",
             (Column("otsu_iou", "IoU (Otsu)", "higher", description="IoU of the Otsu-binarised map with the boxes"),),
-            lambda b: {"otsu_iou": localisation.otsu_iou(b.maps, b.masks)},
+            _otsu_iou,
             "Saporta et al. 2022, CheXlocalize (mIoU with Otsu binarisation)",
         ),
         Measure(
@@ -250,7 +289,7 @@ MEASURES: dict[str, Measure] = {
             "complexity",
             "decision",
             (Column("sparseness", "sparseness (Gini)", None, description="Gini index of the map"),),
-            lambda b: {"sparseness": complexity.sparseness(b.maps)},
+            _sparseness,
             "Chalasani et al. 2020; Quantus Sparseness",
         ),
         Measure(
@@ -258,7 +297,7 @@ MEASURES: dict[str, Measure] = {
             "complexity",
             "decision",
             (Column("complexity", "complexity (entropy)", None, description="entropy of the normalised map"),),
-            lambda b: {"complexity": complexity.complexity(b.maps)},
+            _complexity,
             "Bhatt et al. 2020; Quantus Complexity",
         ),
     )

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.explain.attributions import seeded
 from cxrexplain.explain.cam import normalise
 from cxrexplain.explain.measures.consistency import rank_correlation
@@ -44,6 +45,7 @@ ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 Mode = Literal["top_down", "bottom_up", "independent"]
 MODES: tuple[Mode, ...] = ("top_down", "bottom_up", "independent")
+names.registered("MODES", names.SANITY_MODES, dict.fromkeys(MODES))  # the config's copy of these names agrees
 
 SANITY_PASS = 0.5
 """Default threshold: a method passes when its mean |ρ| at top-down step :data:`PASS_STEP` is below this."""

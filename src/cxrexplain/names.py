@@ -1,0 +1,47 @@
+"""The names the config accepts from the registries that need torch: backbones, CAM and attribution methods, sanity
+modes.
+
+``config.py`` validates ``params.yaml`` in every command, including ``params``, ``download``, ``sample`` and
+``split``, which never touch a tensor; importing the registries themselves to learn their names cost those commands
+torch's import (4-6 s on this project's 2-core CPU machine, ``python -X importtime``). So the names live here, in the
+order the registries list them, and each registry is built through :func:`registered`, which refuses at import time
+a registry whose names differ from these (naming both lists): a method added to its registry but not here, or the
+reverse, fails on the first import instead of being silently unavailable. Adding a backbone or a method is therefore
+its entry in its registry plus its name here. The measures' registry (``explain/measures/registry.py``) needs no
+copy: it imports torch only when a measure is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+ARCHS: tuple[str, ...] = ("resnet50", "densenet121", "resnet18")
+"""``models/backbones.py`` :data:`BACKBONES`: the study's two, then ResNet-18 for CPU runs."""
+
+CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+"""``explain/cam.py`` :data:`CAM_METHODS`."""
+
+ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+"""``explain/attributions.py`` :data:`ATTRIBUTION_METHODS`."""
+
+SANITY_MODES: tuple[str, ...] = ("top_down", "bottom_up", "independent")
+"""``explain/measures/sanity.py`` :data:`MODES`: the model randomisation orders."""
+
+T = TypeVar("T")
+
+
+def registered(registry_name: str, names: tuple[str, ...], registry: Mapping[str, T]) -> dict[str, T]:
+    """``registry`` as a dict when its keys are exactly ``names``, in that order; otherwise a ``RuntimeError`` naming
+    what is missing where (a programming error of this repository, caught when the registry's module is imported)."""
+    keys = tuple(registry)
+    if keys != names:
+        only_registry = [k for k in keys if k not in names]
+        only_names = [n for n in names if n not in keys]
+        raise RuntimeError(
+            f"{registry_name} lists {keys}, but cxrexplain/names.py lists {names} for the config"
+            + (f"; add {only_registry} to names.py" if only_registry else "")
+            + (f"; add {only_names} to {registry_name} or remove them from names.py" if only_names else "")
+            + ("; the order differs" if not only_registry and not only_names else "")
+        )
+    return dict(registry)
