@@ -14,6 +14,7 @@ from PIL import Image
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.pipeline import load_model
 from cxrexplain.explain.single import explain_file
+from cxrexplain.models.checkpoint import load_classifier
 from cxrexplain.models.module import PneumoniaClassifier, load_checkpoint, read_checkpoint
 
 
@@ -111,6 +112,14 @@ def test_a_checkpoint_loads_without_the_weights_it_was_trained_from(tmp_path, mo
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), module(x))
+    # the Lightning-free loader of explain and explain-image: the same network and hyper-parameters
+    network, hparams = load_classifier(path)
+    assert not network.training and hparams == dict(loaded.hparams)
+    assert network.state_dict().keys() == module.model.state_dict().keys()
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, module.model.state_dict()[key]), key
+    with torch.no_grad():
+        assert torch.equal(network(x), module(x))
 
 
 def test_a_truncated_or_garbage_file_is_an_error_naming_it(tmp_path, module):
@@ -125,15 +134,21 @@ def test_a_truncated_or_garbage_file_is_an_error_naming_it(tmp_path, module):
             load_checkpoint(path)
 
 
-def test_a_foreign_weights_only_file_is_an_error_naming_it(tmp_path, module):
+@pytest.mark.parametrize("load", [load_checkpoint, load_classifier])
+def test_a_foreign_weights_only_file_is_an_error_naming_it(tmp_path, module, load):
     plain = tmp_path / "state_dict.pth"  # a bare state dict: loads weights-only, but is no checkpoint
     torch.save(module.model.state_dict(), plain)
     with pytest.raises(CxrError, match=re.escape(f"{plain}: not a cxrexplain training checkpoint")):
-        load_checkpoint(plain)
+        load(plain)
     other = tmp_path / "other.ckpt"  # the right shape but weights of another architecture
     torch.save(_checkpoint(module, arch="densenet121"), other)
     with pytest.raises(CxrError, match=re.escape(f"{other}: not a cxrexplain training checkpoint")):
-        load_checkpoint(other)
+        load(other)
+    extra = tmp_path / "extra.ckpt"  # a key that is neither the network's nor the loss's
+    state = {**module.state_dict(), "head2.weight": torch.zeros(1)}
+    torch.save({**_checkpoint(module), "state_dict": state}, extra)
+    with pytest.raises(CxrError, match=re.escape(f"{extra}: not a cxrexplain training checkpoint")):
+        load(extra)
 
 
 def test_no_code_reads_a_checkpoint_unsafely():

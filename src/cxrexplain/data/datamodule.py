@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from cxrexplain.config import AugmentParams
 from cxrexplain.data.sample import load_cache
+from cxrexplain.data.split import read_split
+from cxrexplain.data.transforms import eval_transform, train_transform
 from cxrexplain.errors import CxrError
-from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
 
 
 def epoch_seed(seed: int, epoch: int, *stream: int) -> int:
@@ -34,32 +35,6 @@ def epoch_seed(seed: int, epoch: int, *stream: int) -> int:
     ``0``: the order of the training images, ``1``: the processes' RNGs (dropout), ``2, row``: an image's augmentation.
     """
     return int(np.random.SeedSequence([seed, epoch, *stream]).generate_state(1)[0])
-
-
-def eval_transform(size: int) -> A.Compose:
-    """Resize to ``size`` and normalise to the grayscale ImageNet statistics (val, test, explain)."""
-    return A.Compose([A.Resize(size, size), A.Normalize(mean=GRAY_MEAN, std=GRAY_STD, max_pixel_value=255.0)])
-
-
-def train_transform(size: int, aug: AugmentParams) -> A.Compose:
-    """The study's augmentations, then :func:`eval_transform`'s resize and normalisation."""
-    steps: list[A.BasicTransform] = [A.Resize(size, size)]
-    if aug.rotate_deg or aug.zoom:
-        steps.append(
-            A.Affine(
-                rotate=(-aug.rotate_deg, aug.rotate_deg),
-                scale=(1 - aug.zoom, 1 + aug.zoom),
-                border_mode=0,
-                fill=0,
-                p=1.0,
-            )
-        )
-    if aug.hflip:
-        steps.append(A.HorizontalFlip(p=aug.hflip))
-    if aug.contrast or aug.brightness:
-        steps.append(A.RandomBrightnessContrast(brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=0.8))
-    steps.append(A.Normalize(mean=GRAY_MEAN, std=GRAY_STD, max_pixel_value=255.0))
-    return A.Compose(steps)
 
 
 class CacheDataset(Dataset):
@@ -119,20 +94,6 @@ class EpochShuffle(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 0))
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
-
-
-def read_split(split_file: Path, index: pd.DataFrame) -> pd.DataFrame:
-    """The split table joined to the cache index by image name (so rows always point into the cached array)."""
-    try:
-        split = pd.read_csv(split_file, usecols=["image", "split"])
-    except FileNotFoundError:
-        raise CxrError(f"{split_file}: not found; run the split stage first (dvc repro split)") from None
-    joined = index.merge(split, on="image", how="inner", validate="one_to_one")
-    if len(joined) != len(split):
-        raise CxrError(
-            f"{split_file}: {len(split) - len(joined)} image(s) are not in the cache; re-run dvc repro split"
-        )
-    return joined
 
 
 class CxrDataModule(L.LightningDataModule):

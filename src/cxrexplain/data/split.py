@@ -178,3 +178,17 @@ def split_cohort(index: pd.DataFrame, p: SplitParams, *, seed: int, test_list: P
     }
     table = index.assign(split=split.to_numpy())[["image", "patient", "label", "split"]]
     return SplitResult(table, metrics)
+
+
+def read_split(split_file: Path, index: pd.DataFrame) -> pd.DataFrame:
+    """The split table joined to the cache index by image name (so rows always point into the cached array)."""
+    try:
+        split = pd.read_csv(split_file, usecols=["image", "split"])
+    except FileNotFoundError:
+        raise CxrError(f"{split_file}: not found; run the split stage first (dvc repro split)") from None
+    joined = index.merge(split, on="image", how="inner", validate="one_to_one")
+    if len(joined) != len(split):
+        raise CxrError(
+            f"{split_file}: {len(split) - len(joined)} image(s) are not in the cache; re-run dvc repro split"
+        )
+    return joined

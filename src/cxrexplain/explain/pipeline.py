@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from cxrexplain import tracking
-from cxrexplain.data.datamodule import eval_transform, read_split
 from cxrexplain.data.sample import load_cache
+from cxrexplain.data.split import read_split
+from cxrexplain.data.transforms import eval_transform
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.classification import youden_threshold
 from cxrexplain.explain import gallery
@@ -43,8 +44,7 @@ from cxrexplain.explain.evaluate import (
 )
 from cxrexplain.explain.measures import sanity
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
-from cxrexplain.models.module import load_checkpoint
-from cxrexplain.models.permuted import train_on_permuted_labels
+from cxrexplain.models.checkpoint import load_classifier
 from cxrexplain.progress import item_progress
 
 if TYPE_CHECKING:
@@ -57,7 +57,17 @@ PermutedModel = Callable[[], tuple[nn.Module, float]]
 
 def load_model(checkpoint: Path, device: torch.device) -> nn.Module:
     """The :class:`~cxrexplain.models.backbones.Classifier` of a training checkpoint, in eval mode on ``device``."""
-    return load_checkpoint(checkpoint, device).model.to(device).eval()
+    return load_classifier(checkpoint, device)[0]
+
+
+def _train_on_permuted_labels(
+    params: Params, arch: str, cache_dir: Path, split_file: Path, device: torch.device
+) -> tuple[nn.Module, float]:
+    """:func:`cxrexplain.models.permuted.train_on_permuted_labels`, imported when the data randomisation test runs
+    (it trains with Lightning, which the rest of explaining does not import)."""
+    from cxrexplain.models.permuted import train_on_permuted_labels
+
+    return train_on_permuted_labels(params, arch, cache_dir, split_file, device)
 
 
 def choose_threshold(config: ExplainParams, predictions: Path) -> float:
@@ -131,7 +141,7 @@ def explain_trained(
         image_size=params.train.image_size,
         seed=params.seed,
         threshold=threshold,
-        permuted=lambda: train_on_permuted_labels(params, arch, cache.dir, split_file, device),
+        permuted=lambda: _train_on_permuted_labels(params, arch, cache.dir, split_file, device),
         progress=progress,
     )
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from cxrexplain.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
-from cxrexplain.data.datamodule import eval_transform
 from cxrexplain.data.sample import to_gray8
+from cxrexplain.data.transforms import eval_transform
 from cxrexplain.errors import CxrError
 from cxrexplain.explain import attributions, cam, gallery
-from cxrexplain.models.module import load_checkpoint
+from cxrexplain.models.checkpoint import load_classifier
 
 CLASS_NAMES = {0: "No Finding", 1: "Pneumonia"}
 
@@ -56,8 +56,8 @@ def explain_file(
         data = image_path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{image_path}: image not found") from None
-    module = load_checkpoint(checkpoint, device)
-    side = size or module.hparams.get("image_size")
+    model, hparams = load_classifier(checkpoint, device)
+    side = size or hparams.get("image_size")
     if not side:
         raise CxrError(f"{checkpoint}: records no training image size; pass --size")
     if not isinstance(side, int) or not MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE:
@@ -68,7 +68,6 @@ def explain_file(
         gray, _ = to_gray8(data, int(side))
     except Exception as error:
         raise CxrError(f"{image_path}: not a readable image ({type(error).__name__}: {error})") from None
-    model = module.model.to(device).eval()
     x = torch.from_numpy(eval_transform(int(side))(image=gray)["image"])[None, None].to(device)
     with torch.no_grad():
         logit = model(x)
@@ -83,6 +82,6 @@ def explain_file(
     probability = float(torch.sigmoid(logit)[0])
     target = out or Path(f"{image_path.stem}.{method}.png")
     explained = CLASS_NAMES[int(classes[0])]
-    title = f"{method} · explaining {explained}\nP(Pneumonia) = {probability:.3f} · {module.hparams['arch']}"
+    title = f"{method} · explaining {explained}\nP(Pneumonia) = {probability:.3f} · {hparams['arch']}"
     path = gallery.single_overlay(gray, heatmap.cpu().numpy(), target, title=title)
     return SingleExplanation(probability, int(classes[0]), heatmap.cpu().numpy(), gray, path)

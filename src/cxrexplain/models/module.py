@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 
 from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import build_classifier
+from cxrexplain.models.checkpoint import read_checkpoint
 
 # Metric names are the same in every run and commit, so MLflow and `dvc metrics diff` can compare them.
 METRIC_NAMES = ("auroc", "accuracy", "precision", "recall", "specificity", "f1")
@@ -126,39 +127,6 @@ class PneumoniaClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint file's contents, read weights-only: the one place the project reads a checkpoint.
-
-    ``torch.load(..., weights_only=True)`` is passed explicitly, so torch's ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
-    (which overrides only a call that leaves ``weights_only`` unset) cannot turn it into a full unpickling. A file
-    that needs pickled objects (which could run code when loaded), a truncated or foreign file, or one without a
-    ``state_dict`` and ``hyper_parameters`` is a :class:`CxrError` naming it.
-    """
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CxrError(f"{path}: checkpoint not found") from None
-    except Exception as error:
-        text = str(error)
-        if "WeightsUnpickler error:" in text:  # keep torch's reason, not its advice to allowlist or unpickle
-            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split(". Please")[0]
-        reason = f"{type(error).__name__}: {' '.join(text.split())[:300]}"
-        if "Unsupported global" in text:
-            raise CxrError(
-                f"{path}: refused: it needs pickled objects beyond tensors and plain values, which could run code "
-                f"when loaded; it is not a cxrexplain checkpoint ({reason})"
-            ) from None
-        raise CxrError(f"{path}: not a cxrexplain checkpoint, or truncated ({reason})") from None
-    if not (
-        isinstance(checkpoint, dict)
-        and isinstance(checkpoint.get("state_dict"), dict)
-        and isinstance(checkpoint.get("hyper_parameters"), dict)
-        and "arch" in checkpoint["hyper_parameters"]
-    ):
-        raise CxrError(f"{path}: not a cxrexplain training checkpoint (no state_dict and hyper_parameters with arch)")
-    return checkpoint
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> PneumoniaClassifier:
