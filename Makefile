@@ -17,11 +17,15 @@ $(BIN)/cxrexplain: pyproject.toml
 
 setup: $(BIN)/cxrexplain  ## create .venv with the project and its dev tools
 
+# Two pytest-xdist workers, each test file in one worker, in collection order (the DVC pipeline's file first: see
+# tests/conftest.py, which also gives each worker its share of the cores' threads). `pytest` alone runs serially.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+
 test: setup  ## the whole suite, the reduced DVC pipeline included
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: setup  ## unit tests only (no DVC pipeline run)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 demo: setup  ## the pipeline on the synthetic mirror with the demo profile (params.yaml on main; re-rendered here)
 	$(BIN)/cxrexplain params --profile demo

@@ -1,7 +1,16 @@
-"""Shared fixtures, and a real MLflow tracking server started early when a selected test needs one."""
+"""Shared fixtures, a real MLflow tracking server started early when a selected test needs one, and the settings that
+let ``make test`` run the suite in two pytest-xdist workers.
+
+Parallel runs (``pytest -n N --dist loadfile --no-loadscope-reorder``, what ``make test`` runs): each worker, and
+every process a test starts from it (the DVC stages), computes with ``cores // N`` threads (at least 1), so that N
+workers do not oversubscribe the CPU (two workers of two threads each on two cores made an earlier parallel try
+slower than a serial run); and the slow tier's files are collected first, so that the longest file (the DVC
+pipeline) starts at once in one worker while the other runs the rest.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +25,16 @@ import requests
 
 from httpmirror import FakeMirror, serve
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # set by pytest-xdist in its workers, before test modules import torch
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _threads  # torch's intra-op threads, here and in the processes tests start
+    os.environ["MKL_NUM_THREADS"] = _threads
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier first (a stable sort: the order within each group is kept)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
 
 @pytest.fixture
 def server() -> Iterator[FakeMirror]:
@@ -28,8 +47,8 @@ class MlflowServer:
     """``mlflow server`` on a free port of 127.0.0.1 with a SQLite store and an artifact folder in a temporary folder.
 
     It takes 15-20 s to answer on a 2-core CPU (imports, the store's migrations), mostly on one core: started when
-    collection finds a test that asks for the ``mlflow_server`` fixture, it boots while the tests before that one
-    run, instead of in front of it."""
+    the first test of a file that holds a test asking for the ``mlflow_server`` fixture begins (in the worker that
+    runs that file, under pytest-xdist), it boots while the tests before that one run, instead of in front of it."""
 
     def __init__(self) -> None:
         with socket.socket() as s:
@@ -78,11 +97,16 @@ class MlflowServer:
 
 
 _MLFLOW_SERVER: MlflowServer | None = None
+_SERVER_FILES: set[Path] = set()  # the test files with a test that uses the server
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    _SERVER_FILES.update(item.path for item in session.items if "mlflow_server" in getattr(item, "fixturenames", ()))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
     global _MLFLOW_SERVER
-    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
+    if _MLFLOW_SERVER is None and item.path in _SERVER_FILES:
         _MLFLOW_SERVER = MlflowServer()
 
 
@@ -93,6 +117,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def mlflow_server() -> str:
-    """The URI of the session's MLflow server (started at collection, stopped when the session ends)."""
-    assert _MLFLOW_SERVER is not None, "started by pytest_collection_finish for every session that uses it"
+    """The URI of the session's MLflow server (started with its file's first test, stopped when the session ends)."""
+    assert _MLFLOW_SERVER is not None, "started by pytest_runtest_setup for every file that uses it"
     return _MLFLOW_SERVER.wait()

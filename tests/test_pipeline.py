@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from dvc.repo import Repo
 
 from inprocess import cli
 
@@ -119,16 +120,17 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
         if line.startswith("!["):
             assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
     assert "data:image/png;base64," in (dest / "reports/report.html").read_text()
-    plots = run(["dvc", "plots", "show", "--json"], dest, env)
-    assert "confusion_resnet18.csv" in plots and "roc_densenet121.csv" in plots
+    with contextlib.chdir(dest), Repo() as dvc_repo:  # DVC's Python API: the data `dvc plots show` renders
+        plots = dvc_repo.plots.show()["workspace"]["sources"]["data"]
+    for name in ("confusion_resnet18.csv", "roc_densenet121.csv"):
+        assert plots[f"reports/plots/{name}"]["data"], name  # read by DVC, rows present
     compare = cli("compare", "--last", "5", cwd=dest)  # in this process: the same console-script entry point
     assert compare.returncode == 0, compare.stderr
     assert "report @" in compare.stdout and "resnet18" in compare.stdout
 
-    again = run(["dvc", "repro"], dest, env)
-    assert "Data and pipelines are up to date." in again
-    status = run(["dvc", "status"], dest, env)
-    assert "up to date" in status
+    with contextlib.chdir(dest), Repo() as dvc_repo:  # what `dvc repro` runs: nothing is left to reproduce
+        assert dvc_repo.reproduce() == []
+    assert dvc_status(dest) == {}  # `dvc status`: "Data and pipelines are up to date."
 
 
 def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
@@ -154,8 +156,6 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
 
 def dvc_status(dest: Path) -> dict:
     """What ``dvc status --json`` prints (the CLI prints this call's result), without a new interpreter each time."""
-    from dvc.repo import Repo
-
     with contextlib.chdir(dest), Repo() as repo:  # stage names as the CLI prints them: relative to the working folder
         return repo.status()
 
