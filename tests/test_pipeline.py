@@ -61,7 +61,8 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     run(["dvc", "repro"], dest, env)
     sample = json.loads((dest / "metrics/sample.json").read_text())
     assert sample["source"] == "synthetic"
-    assert sample["cached"]["pneumonia"] == sample["cached"]["no_finding"] > 50  # balanced
+    assert sample["cached"]["pneumonia"] == sample["cached"]["negative"] > 50  # balanced
+    assert sample["negatives"] == "no_finding"  # the study's task (the default)
     assert sample["rejected"] == 0
     split = pd.read_csv(dest / "data/split.csv")
     assert len(split) == sample["cached"]["images"]

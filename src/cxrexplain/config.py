@@ -83,6 +83,11 @@ class SampleParams(_Section):
     positive: Literal["contains", "only"] = Field(
         "contains", description="contains: labels include Pneumonia; only: Pneumonia is the only label"
     )
+    negatives: Literal["no_finding", "all_others"] = Field(
+        "no_finding",
+        description="no_finding: the negatives are No Finding images (the study's task); all_others: every image "
+        "without Pneumonia (one-vs-rest, CheXNet's and the ChestX-ray14 literature's setting)",
+    )
     views: tuple[Literal["PA", "AP"], ...] = Field(("PA", "AP"), min_length=1, description="view positions kept")
     per_class: int = Field(5000, ge=1, description="images wanted per class (the study: 5,000)")
     balance: bool = Field(True, description="take as many No Finding images as Pneumonia images were found")

@@ -60,8 +60,8 @@ def test_shortfall_takes_all_positives_and_matches_negatives(entries):
     assert counts["pneumonia"].requested == 5000
     assert counts["pneumonia"].available == 12 and counts["pneumonia"].selected == 12
     assert counts["pneumonia"].shortfall
-    assert counts["no_finding"].requested == 12 and counts["no_finding"].selected == 12
-    assert not counts["no_finding"].shortfall
+    assert counts["negative"].requested == 12 and counts["negative"].selected == 12
+    assert not counts["negative"].shortfall
     assert int(cohort["label"].sum()) == 12 and len(cohort) == 24
     assert list(cohort["image"]) == sorted(cohort["image"])
     assert not cohort["labels"].str.contains("Effusion").any()
@@ -70,9 +70,33 @@ def test_shortfall_takes_all_positives_and_matches_negatives(entries):
 def test_only_view_and_unbalanced_options(entries):
     cohort, counts = select_cohort(entries, positive="only", views=["PA"], per_class=30, balance=False, seed=0)
     assert counts["pneumonia"].available == 8 and counts["pneumonia"].selected == 8
-    assert counts["no_finding"].available == 40 and counts["no_finding"].selected == 30
+    assert counts["negative"].available == 40 and counts["negative"].selected == 30
     assert set(cohort.loc[cohort["label"] == 1, "labels"]) == {"Pneumonia"}
     assert set(cohort["view"]) == {"PA"}
+
+
+@pytest.mark.parametrize("positive", ["contains", "only"])
+def test_all_others_negatives_are_every_image_without_pneumonia(entries, positive):
+    """One-vs-rest (CheXNet's setting): No Finding and other findings are negatives; an image with Pneumonia among
+    other labels is never a negative (with ``positive: only`` it is in neither class)."""
+    cohort, counts = select_cohort(
+        entries,
+        positive=positive,
+        views=["PA", "AP"],
+        per_class=5000,
+        balance=False,
+        seed=0,
+        negatives="all_others",
+    )
+    negatives = cohort[cohort["label"] == 0]
+    assert counts["negative"].available == 47 and len(negatives) == 47  # 40 No Finding + 7 Effusion
+    assert set(negatives["labels"]) == {"No Finding", "Effusion"}
+    assert not negatives["labels"].str.contains("Pneumonia").any()
+    assert counts["pneumonia"].selected == (12 if positive == "contains" else 8)
+    study = select_cohort(entries, positive=positive, views=["PA", "AP"], per_class=5000, balance=False, seed=0)[0]
+    assert set(study.loc[study["label"] == 0, "labels"]) == {"No Finding"}  # the default: the study's task
+    with pytest.raises(ValueError, match="negatives must be"):
+        select_cohort(entries, positive=positive, views=["PA"], per_class=5, balance=False, seed=0, negatives="x")
 
 
 def test_selection_is_deterministic_for_a_seed(entries):

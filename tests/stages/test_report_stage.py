@@ -156,6 +156,9 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
     assert len(links) == 11 and all((out.dir / link).is_file() for link in links)
     assert "| pointing | saliency | 12 | +0.100 (+0.000 to +0.200) | McNemar 0.040 (0.080) |" in markdown
     assert "### Consistency across architectures" in markdown
+    # the task each number belongs to: sample.json without "negatives" (older runs) is the study's task
+    assert markdown.startswith("# cxrexplain report: Pneumonia vs No Finding") and metrics["negatives"] == "no_finding"
+    assert "This run's task is the study's" in markdown
     # nothing of the build is left beside reports/
     assert sorted(p.name for p in ws.root.iterdir()) == ["explain", "metrics", "models", "reports"]
 
@@ -239,6 +242,20 @@ def test_a_run_reference_to_a_run_not_in_the_store_fails_before_any_figure(ws, s
     with pytest.raises(CxrError, match=rf"mlflow_run.json: MLflow run {missing} is not in the tracking store"):
         report.run(PARAMS, ws=ws)
     assert drawn == [] and not ws.report.dir.exists()
+
+
+def test_a_one_vs_rest_cohort_is_named_as_such_and_set_apart_from_the_study(reported):
+    """sample.negatives: all_others (CheXNet's setting): title, cohort line, split table and the study's comparison
+    say so, and metrics.json records it."""
+    sample = json.loads(reported.stage_metrics("sample").read_text())
+    reported.stage_metrics("sample").write_text(json.dumps({**sample, "negatives": "all_others"}))
+    metrics = report.run(PARAMS, ws=reported, log_to_mlflow=False)
+    markdown = reported.report.markdown.read_text()
+    assert markdown.startswith("# cxrexplain report: Pneumonia vs all others (one-vs-rest)")
+    assert "This run's task is NOT the study's" in markdown and "CheXNet 0.768" in markdown
+    assert "| negatives | No Finding | without Pneumonia | without Pneumonia |" in markdown
+    assert metrics["negatives"] == "all_others"
+    assert json.loads(reported.report.metrics.read_text())["negatives"] == "all_others"
 
 
 def test_the_report_is_logged_into_each_run_and_a_summary_run(ws, store):

@@ -51,6 +51,8 @@ BBOX_FIELDS = 9
 
 NO_FINDING = "No Finding"
 PNEUMONIA = "Pneumonia"
+NEGATIVE_NAMES = {"no_finding": NO_FINDING, "all_others": "without Pneumonia"}
+"""The negative class of each ``sample.negatives`` setting, as the report and the logs name it."""
 FINDINGS = (
     "Atelectasis",
     "Cardiomegaly",

@@ -102,16 +102,25 @@ def select_cohort(
     per_class: int,
     balance: bool,
     seed: int,
+    negatives: Literal["no_finding", "all_others"] = "no_finding",
 ) -> tuple[pd.DataFrame, dict[str, ClassCount]]:
-    """The cohort (entries with a ``label`` column: 1 Pneumonia, 0 No Finding), sorted by image, and its counts.
+    """The cohort (entries with a ``label`` column: 1 Pneumonia, 0 negative), sorted by image, and its counts
+    (``pneumonia``, ``negative``).
 
-    Positives: labels containing Pneumonia (or only Pneumonia); negatives: exactly ``No Finding``; both restricted to
-    ``views``. Each class takes ``per_class`` images at random (seeded) or all that exist when fewer do; with
-    ``balance`` the negatives are matched to the number of positives taken.
+    Positives: labels containing Pneumonia (or only Pneumonia); negatives: exactly ``No Finding`` (``no_finding``, the
+    study's task) or every image whose labels do not contain Pneumonia (``all_others``: one-vs-rest, as CheXNet and
+    the ChestX-ray14 literature; with ``positive: only``, an image with Pneumonia among other labels is neither
+    class); both restricted to ``views``. Each class takes ``per_class`` images at random (seeded) or all that exist
+    when fewer do; with ``balance`` the negatives are matched to the number of positives taken.
     """
     in_view = entries[entries["view"].isin(list(views))]
     pos = in_view[in_view["labels"].map(lambda s: is_positive(s, positive))]
-    neg = in_view[in_view["labels"] == layout.NO_FINDING]
+    if negatives == "no_finding":
+        neg = in_view[in_view["labels"] == layout.NO_FINDING]
+    elif negatives == "all_others":
+        neg = in_view[~in_view["labels"].map(lambda s: is_positive(s, "contains"))]
+    else:
+        raise ValueError(f"negatives must be 'no_finding' or 'all_others', got {negatives!r}")
     rng = np.random.default_rng(seed)
 
     def take(frame: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -126,7 +135,7 @@ def select_cohort(
         "pneumonia": ClassCount(
             per_class, len(pos), pos["patient"].nunique(), len(pos_taken), pos_taken["patient"].nunique()
         ),
-        "no_finding": ClassCount(
+        "negative": ClassCount(
             neg_wanted, len(neg), neg["patient"].nunique(), len(neg_taken), neg_taken["patient"].nunique()
         ),
     }
@@ -421,13 +430,15 @@ class SampleResult:
     def shortfall(self) -> list[str]:
         return shortfall_lines(self.counts)
 
-    def metrics(self, source: str, image_size: int) -> dict:
-        """``metrics/sample.json``: the real counts, so a shortfall or a reject is on record, not only on screen."""
+    def metrics(self, source: str, image_size: int, negatives: str = "no_finding") -> dict:
+        """``metrics/sample.json``: the real counts, so a shortfall or a reject is on record, not only on screen, and
+        which negatives the cohort has (``negatives``: the task every later number belongs to)."""
         index, boxes = self.cache.index, self.cache.boxes
         reasons = self.cache.rejects["reason"]
         return {
             "source": source,
             "image_size": image_size,
+            "negatives": negatives,
             "requested": {name: c.requested for name, c in self.counts.items()},
             "counts": {name: asdict(c) for name, c in self.counts.items()},
             "shortfall": bool(self.shortfall),
@@ -437,7 +448,7 @@ class SampleResult:
             "cached": {
                 "images": len(index),
                 "pneumonia": int((index["label"] == 1).sum()),
-                "no_finding": int((index["label"] == 0).sum()),
+                "negative": int((index["label"] == 0).sum()),
                 "patients": int(index["patient"].nunique()),
                 "pneumonia_with_boxes": int(((index["label"] == 1) & (index["boxes"] != "[]")).sum()),
             },
@@ -457,7 +468,13 @@ def sample_cache(
     entries = metadata.read_data_entry(raw_dir / layout.DATA_ENTRY)
     boxes = metadata.read_bbox_list(raw_dir / layout.BBOX_LIST)
     cohort, counts = select_cohort(
-        entries, positive=p.positive, views=p.views, per_class=p.per_class, balance=p.balance, seed=seed
+        entries,
+        positive=p.positive,
+        views=p.views,
+        per_class=p.per_class,
+        balance=p.balance,
+        seed=seed,
+        negatives=p.negatives,
     )
     for line in shortfall_lines(counts):
         log.warning("cohort shortfall: %s", line)

@@ -132,7 +132,7 @@ def split_summary(index: pd.DataFrame, split: pd.Series) -> dict[str, dict[str, 
         summary[name] = {
             "images": len(part),
             "pneumonia": int((part["label"] == 1).sum()),
-            "no_finding": int((part["label"] == 0).sum()),
+            "negative": int((part["label"] == 0).sum()),
             "patients": int(part["patient"].nunique()),
         }
     return summary

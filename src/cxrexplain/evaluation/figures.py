@@ -42,9 +42,15 @@ def save_figure(fig: plt.Figure, path: Path, note: str = "") -> Path:
 
 
 def confusion_figure(
-    matrices: Mapping[str, np.ndarray], path: Path, *, threshold_note: str = "", note: str = ""
+    matrices: Mapping[str, np.ndarray],
+    path: Path,
+    *,
+    threshold_note: str = "",
+    note: str = "",
+    classes: tuple[str, str] = CLASSES,
 ) -> Path:
-    """One row per architecture: counts, and normalised by the true class (rows sum to 1)."""
+    """One row per architecture: counts, and normalised by the true class (rows sum to 1); ``classes``: the negative
+    and the positive class's names (the negative is "without Pneumonia" in a one-vs-rest cohort)."""
     fig, axes = plt.subplots(len(matrices), 2, figsize=(7, 3.2 * len(matrices)), squeeze=False)
     for r, (arch, cm) in enumerate(matrices.items()):
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -55,8 +61,8 @@ def confusion_figure(
                 for j in range(2):
                     colour = "white" if norm[i, j] > 0.5 else "black"  # readable on dark and light cells
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=11, color=colour)
-            ax.set_xticks([0, 1], CLASSES, fontsize=8)
-            ax.set_yticks([0, 1], CLASSES, fontsize=8)
+            ax.set_xticks([0, 1], classes, fontsize=8)
+            ax.set_yticks([0, 1], classes, fontsize=8)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             ax.set_title(f"{arch}: {what}{threshold_note}", fontsize=9)

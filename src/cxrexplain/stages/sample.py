@@ -37,12 +37,16 @@ def run(params: Params, ws: Workspace | None = None, *, show_progress: bool = Tr
     if len(result.cache.rejects):
         text = f"{len(result.cache.rejects)} image(s) skipped; reasons in {ws.cache.rejects}"
         console.print(Panel(text, title="rejected images", style="bold red"))
-    metrics = result.metrics(params.data.source, params.sample.image_size)
+    metrics = result.metrics(params.data.source, params.sample.image_size, params.sample.negatives)
     write_json(ws.stage_metrics("sample"), metrics)
     cached = metrics["cached"]
     log.info(
-        "cached %d images (%d Pneumonia, %d No Finding) of %d patients at %d px into %s",
-        *(cached[k] for k in ("images", "pneumonia", "no_finding", "patients")),
+        "cached %d images (%d Pneumonia, %d %s) of %d patients at %d px into %s",
+        cached["images"],
+        cached["pneumonia"],
+        cached["negative"],
+        layout.NEGATIVE_NAMES[params.sample.negatives],
+        cached["patients"],
         params.sample.image_size,
         ws.cache.dir,
     )
