@@ -12,7 +12,8 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,30 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
             client.log_artifacts(run_id, str(path), artifact_path)
         else:
             client.log_artifact(run_id, str(path), artifact_path)
+
+
+SYSTEM_METRICS_INTERVAL_S = 10.0
+"""Seconds between two samples of the machine's load logged to a training run (:func:`system_metrics`)."""
+
+
+@contextmanager
+def system_metrics(run_id: str, uri: str, *, resume: bool = False) -> Iterator[None]:
+    """Log the machine's load to ``run_id`` while the block runs: MLflow's system metrics monitor (psutil; pynvml when
+    installed, for GPUs) samples CPU and memory use, disk and network every :data:`SYSTEM_METRICS_INTERVAL_S`
+    seconds in a thread and logs them as ``system/*`` metrics (``system/cpu_utilization_percentage``,
+    ``system/system_memory_usage_megabytes``, ...), one step per sample; a resumed run continues after its last step
+    (``resume``). A block shorter than one interval logs nothing. Monitoring never fails the block: the monitor logs
+    its own errors as warnings."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume, tracking_uri=uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = None, step: int | None = None) -> None:

@@ -110,7 +110,8 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_outputs_metrics_and_mlflow_run(project):
+def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
+    monkeypatch.setattr(tracking, "SYSTEM_METRICS_INTERVAL_S", 0.5)  # a few samples in this short training
     metrics = run_in_process(project)
     out = project / "models" / "resnet18"
     assert {p.name for p in out.iterdir()} == {
@@ -144,6 +145,10 @@ def test_outputs_metrics_and_mlflow_run(project):
     assert {"git.commit", "git.dirty", "version.torch", "version.lightning", "device"} <= set(run.data.tags)
     assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2  # per epoch
     assert "best_test/auroc" in run.data.metrics
+    # the machine's load during the fit (MLflow's system metrics monitor), one step per sample
+    load = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert load and [m.step for m in load] == list(range(len(load)))
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     assert {"train/best.ckpt", "train/predictions.csv", "train/resnet18.json"} <= artifacts
 

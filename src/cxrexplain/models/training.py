@@ -26,6 +26,7 @@ existing file, which may be a hard link into DVC's cache.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 from collections.abc import Mapping
@@ -374,7 +375,12 @@ def fit(training: Training) -> Result | None:
         tracking.write_run_ref(files.run_ref, logger.run_id, training.uri, logger.experiment_id)
     # explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD overrides only an unset one
     ckpt_path = str(files.last) if training.resuming else None
-    trainer.fit(training.module, datamodule=training.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with (
+        tracking.system_metrics(logger.run_id, training.uri, resume=training.resuming)
+        if trainer.is_global_zero  # one monitor per machine's run, not one per DDP process
+        else contextlib.nullcontext()
+    ):
+        trainer.fit(training.module, datamodule=training.datamodule, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return None
     return _best_epoch(training)
