@@ -211,6 +211,32 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
             client.log_artifact(run_id, str(path), artifact_path)
 
 
+def log_datasets(run_id: str, files: Mapping[str, Path], *, source: str, context: str, uri: str | None = None) -> None:
+    """Record ``files`` (name -> CSV file) as the run's MLflow dataset inputs (lineage): each a dataset named
+    ``name`` whose digest is the file's MD5, the hash DVC records for it (``dvc.lock``; inside a folder output, its
+    ``.dir`` manifest), with the file's path and the data source (``data.source``) as its source and its row count as
+    its profile; tagged with ``context`` (``mlflow.data.context``: training, evaluation, ...). MLflow's UI shows them
+    in the run's "Datasets used", and runs trained on the same cohort and split share them."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    inputs = []
+    for name, path in files.items():
+        data = Path(path).read_bytes()
+        rows = max(data.count(b"\n") - 1, 0)  # lines after the header (the files end with a newline)
+        dataset = Dataset(
+            name=name,
+            digest=hashlib.md5(data).hexdigest(),
+            source_type="local",
+            source=json.dumps({"path": str(path), "data.source": source}),
+            profile=json.dumps({"rows": rows}),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    MlflowClient(tracking_uri=uri or tracking_uri()).log_inputs(run_id, datasets=inputs)
+
+
 SYSTEM_METRICS_INTERVAL_S = 10.0
 """Seconds between two samples of the machine's load logged to a training run (:func:`system_metrics`)."""
 

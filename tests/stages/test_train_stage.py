@@ -1,6 +1,7 @@
 """Stage train@arch on a tiny dataset: outputs, the MLflow run, determinism, checks before anything is deleted,
 resume after a kill that gives the uninterrupted run's checkpoint bit for bit, DDP, a real tracking server."""
 
+import hashlib
 import json
 import logging
 import os
@@ -145,6 +146,14 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     assert {"git.commit", "git.dirty", "version.torch", "version.lightning", "device"} <= set(run.data.tags)
     assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2  # per epoch
     assert "best_test/auroc" in run.data.metrics
+    # lineage: the cohort's index and the split as dataset inputs, their digests DVC's MD5s of the files
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cohort", "split"}
+    for name, path in (("cohort", project / "data/cache/index.csv"), ("split", project / "data/split.csv")):
+        assert inputs[name].dataset.digest == hashlib.md5(path.read_bytes()).hexdigest()
+        assert json.loads(inputs[name].dataset.source)["data.source"] == "nih"
+        assert json.loads(inputs[name].dataset.profile)["rows"] == len(pd.read_csv(path))
+        assert {(t.key, t.value) for t in inputs[name].tags} == {("mlflow.data.context", "training")}
     # the machine's load during the fit (MLflow's system metrics monitor), one step per sample
     load = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
     assert load and [m.step for m in load] == list(range(len(load)))

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 from cxrexplain import tracking
 from cxrexplain.config import Params, require_arch
 from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
+from cxrexplain.data.sample import INDEX_FILE
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import PART_SUFFIX, atomic_file, write_csv, write_json
@@ -373,6 +374,15 @@ def fit(training: Training) -> Result | None:
         files.dir.mkdir(parents=True, exist_ok=True)
         logger.log_hyperparams(training.recorded)
         tracking.write_run_ref(files.run_ref, logger.run_id, training.uri, logger.experiment_id)
+        if not training.resuming:  # a resumed run has them already
+            dm = training.datamodule
+            tracking.log_datasets(
+                logger.run_id,
+                {"cohort": dm.cache_dir / INDEX_FILE, "split": dm.split_file},
+                source=training.params.data.source,
+                context="training",
+                uri=training.uri,
+            )
     # explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD overrides only an unset one
     ckpt_path = str(files.last) if training.resuming else None
     with (
