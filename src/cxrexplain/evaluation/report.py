@@ -186,6 +186,13 @@ def delong_comparison(predictions: Mapping[str, pd.DataFrame]) -> dict:
     return {"archs": archs, "images": len(common), **{k: float(v) for k, v in result.items()}}
 
 
+def negatives_of(sample: Mapping) -> tuple[str, str]:
+    """The cohort's ``sample.negatives`` setting as ``metrics/sample.json`` records it (a file without it, written
+    before the setting existed: ``no_finding``, the study's task) and the negative class's name."""
+    setting = sample.get("negatives", "no_finding")
+    return setting, NEGATIVE_NAMES.get(setting, setting)
+
+
 def build(
     inputs: Mapping[str, ArchInputs],
     *,
@@ -219,7 +226,7 @@ def build(
             fig_dir / "confusion.png",
             threshold_note=" (threshold 0.5)",
             note=note,
-            classes=(NEGATIVE_NAMES.get(sample.get("negatives", "no_finding"), "negative"), "Pneumonia"),
+            classes=(negatives_of(sample)[1], "Pneumonia"),
         ),
         "roc": figures.roc_figure(
             {a: (*cls.roc_points(*test_sets[a]), results[a]["at_0.5"]["auroc"]["value"]) for a in archs},
@@ -264,7 +271,7 @@ def build(
         "source": facts.source,
         "synthetic": facts.synthetic,
         "split_protocol": facts.group_by,
-        "negatives": sample.get("negatives", "no_finding"),  # the task: no_finding (the study's) or all_others
+        "negatives": negatives_of(sample)[0],  # the task: no_finding (the study's) or all_others
         "cohort": sample.get("cached", {}),
         "archs": results,
         "delong": comparison,
@@ -353,8 +360,7 @@ def document(
     comparison: Mapping | None,
 ) -> Document:
     """The cohort, the study beside this run, the classification metrics and their figures, DeLong's test."""
-    negatives = sample.get("negatives", "no_finding")
-    negative = NEGATIVE_NAMES.get(negatives, negatives)
+    negatives, negative = negatives_of(sample)
     task = "Pneumonia vs No Finding" if negatives == "no_finding" else "Pneumonia vs all others (one-vs-rest)"
     doc = Document(f"cxrexplain report: {task}" + (" [SYNTHETIC DATA]" if facts.synthetic else ""))
     if facts.synthetic:

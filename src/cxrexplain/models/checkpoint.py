@@ -8,6 +8,8 @@ reads through the same :func:`read_checkpoint`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,18 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+@contextmanager
+def weights_of(path: Path | str) -> Iterator[None]:
+    """Around building a network and loading a checkpoint's weights into it: a checkpoint whose hyper-parameters or
+    weights do not fit (another architecture, missing or extra keys, a wrong shape) is a :class:`CxrError` naming
+    ``path`` and the first line of the reason."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, RuntimeError, CxrError) as error:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {first})") from None
+
+
 def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """A training checkpoint's network and hyper-parameters: the :class:`Classifier` in eval mode on ``device``.
 
@@ -68,13 +82,10 @@ def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> tup
     hparams = dict(checkpoint["hyper_parameters"])
     state = checkpoint["state_dict"]
     foreign = sorted(k for k in state if not k.startswith(MODEL_PREFIX) and k not in TRAINING_ONLY)
-    try:
+    with weights_of(path):
         if foreign:
             raise KeyError(f"unexpected keys {foreign[:5]}")
         model = build_classifier(hparams["arch"], pretrained="none", dropout=hparams.get("dropout", 0.5))
         weights = {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
         model.load_state_dict(weights, strict=True)
-    except (TypeError, ValueError, KeyError, RuntimeError, CxrError) as error:
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {first})") from None
     return model.to(device).eval(), hparams

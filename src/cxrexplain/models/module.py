@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 
 from cxrexplain.errors import CxrError
 from cxrexplain.models.backbones import build_classifier
-from cxrexplain.models.checkpoint import read_checkpoint
+from cxrexplain.models.checkpoint import read_checkpoint, weights_of
 
 # Metric names are the same in every run and commit, so MLflow and `dvc metrics diff` can compare them.
 METRIC_NAMES = ("auroc", "accuracy", "precision", "recall", "specificity", "f1")
@@ -144,12 +144,9 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> Pneu
     """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors);
     in eval mode, on the CPU."""
     hparams = dict(checkpoint["hyper_parameters"])
-    try:
+    with weights_of(path):
         module = PneumoniaClassifier(**{**hparams, "pretrained": "none"})
         module.load_state_dict(checkpoint["state_dict"], strict=True)
-    except (TypeError, ValueError, KeyError, RuntimeError, CxrError) as error:
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        raise CxrError(f"{path}: not a cxrexplain training checkpoint ({type(error).__name__}: {first})") from None
     module.hparams.update(hparams)  # e.g. pretrained: imagenet, as trained
     module.on_load_checkpoint(checkpoint)
     return module.eval()

@@ -48,7 +48,6 @@ from torch.utils.data import DataLoader
 from cxrexplain import tracking
 from cxrexplain.config import Params, require_arch
 from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
-from cxrexplain.data.sample import INDEX_FILE
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import PART_SUFFIX, atomic_file, write_csv, write_json
@@ -240,6 +239,7 @@ class Training:
     logger: ContinuedMLFlowLogger
     checkpoint: EpochCheckpoint
     uri: str
+    datasets: dict[str, Path]  # what the run is trained on, logged as its MLflow dataset inputs
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,8 @@ def prepare(
             f"train@{arch}: train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
             f"train.strategy={t.strategy!r}: not available on this machine ({first})"
         ) from None
-    return Training(params, arch, files, resuming, recorded, dm, module, trainer, logger, checkpoint, uri)
+    datasets = {"cohort": cache.index, "split": split_file}
+    return Training(params, arch, files, resuming, recorded, dm, module, trainer, logger, checkpoint, uri, datasets)
 
 
 def fit(training: Training) -> Result | None:
@@ -375,10 +376,9 @@ def fit(training: Training) -> Result | None:
         logger.log_hyperparams(training.recorded)
         tracking.write_run_ref(files.run_ref, logger.run_id, training.uri, logger.experiment_id)
         if not training.resuming:  # a resumed run has them already
-            dm = training.datamodule
             tracking.log_datasets(
                 logger.run_id,
-                {"cohort": dm.cache_dir / INDEX_FILE, "split": dm.split_file},
+                training.datasets,
                 source=training.params.data.source,
                 context="training",
                 uri=training.uri,
