@@ -74,16 +74,19 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     archs = yaml.safe_load((dest / "params.yaml").read_text())["model"]["archs"]
     assert archs == ["resnet18", "densenet121"]  # the ci profile's pair: dvc.yaml's matrix follows model.archs
     assert not (dest / "models/resnet50").exists()
+    assert yaml.safe_load((dest / "params.yaml").read_text())["seeds"] == [42]  # the ci profile: one training seed
     for arch in archs:  # three epochs from scratch on visible synthetic opacities
-        trained = json.loads((dest / f"metrics/train/{arch}.json").read_text())
+        trained = json.loads((dest / f"metrics/train/{arch}/seed42.json").read_text())
+        assert trained["seed"] == 42
         assert trained["epochs"] == 3 and 0 <= trained["best_epoch"] < 3
         assert trained["val"]["auroc"] >= 0.9, (arch, trained)  # issue 3's bar: both backbones learn the task
         assert trained["test"]["auroc"] >= 0.8, (arch, trained)
-        predictions = pd.read_csv(dest / f"models/{arch}/predictions.csv")
+        predictions = pd.read_csv(dest / f"models/{arch}/seed42/predictions.csv")
         assert set(predictions["split"]) == {"val", "test"}
-        assert (dest / f"models/{arch}/best.ckpt").is_file()
+        assert (dest / f"models/{arch}/seed42/best.ckpt").is_file()
 
-        explained = json.loads((dest / f"metrics/explain/{arch}.json").read_text())
+        explained = json.loads((dest / f"metrics/explain/{arch}/seed42.json").read_text())
+        assert explained["seed"] == 42
         assert {"gradcam", "saliency"} <= set(explained["methods"])
         chance = explained["pointing_chance"]
         assert 0 < chance < 0.4 and 0 <= explained["pointing_centre_prior"] <= 1
@@ -96,7 +99,7 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
             assert entry["pointing"]["n"] == explained["images_with_boxes"], (arch, method)
             assert entry["deletion"]["n"] == entry["road_morf"]["n"] == explained["subset_images"], (arch, method)
             assert entry["pointing"]["low"] <= entry["pointing"]["mean"] <= entry["pointing"]["high"]
-        per_image = pd.read_csv(dest / f"explain/{arch}/per_image.csv")
+        per_image = pd.read_csv(dest / f"explain/{arch}/seed42/per_image.csv")
         assert (per_image.loc[per_image["pointing"].notna(), "explained_class"] == 1).all()
         decision = per_image[per_image["deletion"].notna()]
         assert (decision["explained_class"] == decision["predicted"]).all()
@@ -104,19 +107,21 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
         # 3 sanity images and 2×2 last blocks at 64 px, both backbones' maps kept mean |ρ| 0.56-0.58 after the head
         # and the last block were randomised; the demo's DenseNet-121 at 96 px passes with 0.32)
         assert all(isinstance(e["sanity"]["passes"], bool) for e in explained["methods"].values())
-        curve = pd.read_csv(dest / f"explain/{arch}/sanity_curve.csv")
+        curve = pd.read_csv(dest / f"explain/{arch}/seed42/sanity_curve.csv")
         assert curve.loc[curve["step"] == 0, "spearman"].round(6).eq(1.0).all()  # deterministic maps
         assert set(curve["mode"]) == {"top_down", "bottom_up", "independent"}
-        assert (dest / f"explain/{arch}/gallery_gradcam.png").is_file()
+        assert (dest / f"explain/{arch}/seed42/gallery_gradcam.png").is_file()
     consistency = json.loads((dest / "metrics/explain/consistency.json").read_text())
     assert set(consistency["methods"]) >= {"gradcam"}
 
     report = json.loads((dest / "reports/metrics.json").read_text())
     assert report["synthetic"] is True and report["split_protocol"] == "patient"
+    assert report["primary_seed"] == 42 and report["seeds"]["resnet18"]["seeds"] == [42]  # one seed: no spread
     for arch, entry in report["archs"].items():  # floors a broken model would not reach
         assert entry["at_0.5"]["auroc"]["value"] >= 0.8 and entry["at_0.5"]["accuracy"]["value"] >= 0.7, arch
     markdown = (dest / "reports/report.md").read_text()
     assert "SYNTHETIC DATA" in markdown and "The study and this run" in markdown
+    assert "One training seed (42): no seed spread can be estimated" in markdown
     for line in markdown.splitlines():  # every figure the Markdown links exists
         if line.startswith("!["):
             assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
@@ -142,14 +147,21 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
         changed = stale_stages(dest)
         assert "split" in changed and not changed & {"download", "sample"}
         (dest / "params.yaml").write_text(original.replace("  patience:", "  patience: 9  # was", 1))
-        assert stale_stages(dest) == {"train@resnet18", "train@densenet121"}
+        assert stale_stages(dest) == {"train@resnet18-42", "train@densenet121-42"}
         (dest / "params.yaml").write_text(original.replace("  iobb_level:", "  iobb_level: 0.4  # was", 1))
-        assert stale_stages(dest) == {"explain@resnet18", "explain@densenet121"}
+        assert stale_stages(dest) == {"explain@resnet18-42", "explain@densenet121-42"}
         (dest / "params.yaml").write_text(original.replace("seed: 42", "seed: 7", 1))
-        assert {"report", "explain@resnet18"} <= stale_stages(dest)
+        assert {"report", "explain@resnet18-42"} <= stale_stages(dest)
         # another pair: only the new backbone's stages and those that compare the pair; densenet121 is not retrained
         (dest / "params.yaml").write_text(original.replace("[resnet18, densenet121]", "[resnet50, densenet121]", 1))
-        assert stale_stages(dest) == {"train@resnet50", "explain@resnet50", "consistency", "report"}
+        assert stale_stages(dest) == {"train@resnet50-42", "explain@resnet50-42", "consistency", "report"}
+        # another training seed: only its trainings and explanations, and the report (the seed spread); the primary
+        # seed's models and the consistency of their maps stay
+        (dest / "params.yaml").write_text(original.replace("seeds: [42]", "seeds: [42, 43]", 1))
+        assert stale_stages(dest) == {
+            *(f"{stage}@{arch}-43" for stage in ("train", "explain") for arch in ("resnet18", "densenet121")),
+            "report",
+        }
     finally:
         (dest / "params.yaml").write_text(original)
     assert stale_stages(dest) == set()
@@ -177,8 +189,9 @@ def test_outputs_travel_through_a_dvc_remote_to_a_fresh_clone(repo, tmp_path):
     run(["git", "clone", "-q", str(dest), str(clone)], tmp_path, env)
     run(["dvc", "pull"], clone, env)
     for arch in yaml.safe_load((dest / "params.yaml").read_text())["model"]["archs"]:
-        assert (clone / f"models/{arch}/best.ckpt").read_bytes() == (dest / f"models/{arch}/best.ckpt").read_bytes()
-        assert (clone / f"explain/{arch}/maps.npz").is_file()
+        best = f"models/{arch}/seed42/best.ckpt"
+        assert (clone / best).read_bytes() == (dest / best).read_bytes()
+        assert (clone / f"explain/{arch}/seed42/maps.npz").is_file()
     status = dvc_status(clone)
     assert set(status) == {"download", "sample", "split"}, status  # download's output and the deps read from it
     assert all("data/raw" in json.dumps(status[name]) for name in ("sample", "split")), status

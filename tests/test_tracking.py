@@ -31,6 +31,7 @@ def test_flattened_params_have_stable_keys():
 def test_run_names_are_readable_and_flag_synthetic_data():
     assert tracking.run_name("resnet50", "0123456789abcdef", "nih") == "resnet50 @ 0123456"
     assert tracking.run_name("densenet121", "0123456789abcdef", "synthetic") == "densenet121 @ 0123456 [synthetic]"
+    assert tracking.run_name("resnet50", "0123456789abcdef", "nih", seed=43) == "resnet50 s43 @ 0123456"
 
 
 def test_tracking_uri_defaults_to_the_embedded_store(monkeypatch):

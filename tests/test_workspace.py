@@ -8,14 +8,14 @@ import pytest
 import yaml
 
 from cxrexplain.errors import CxrError
-from cxrexplain.workspace import Workspace
+from cxrexplain.workspace import Workspace, stage_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _declared() -> set[str]:
     """Every path dvc.yaml names as a dep, out or metric, as DVC itself resolves it (the matrix over model.archs and
-    ``${model.archs[0]}`` interpolations, from params.yaml)."""
+    seeds, and ``${model.archs[0]}`` / ``${seeds[0]}`` interpolations, from params.yaml)."""
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
@@ -25,21 +25,31 @@ def _declared() -> set[str]:
 def test_dvc_yaml_names_the_workspace_paths() -> None:
     ws = Workspace()
     declared = _declared()
-    arch = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["archs"][0]
-    expected = {
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    arch, seeds = params["model"]["archs"][0], params["seeds"]
+    assert len(seeds) >= 2, "params.yaml (the demo) trains several seeds: the matrix's second seed is checked too"
+    per_seed = {
+        path
+        for seed in seeds
+        for path in (
+            ws.model(arch, seed).dir,
+            ws.model(arch, seed).best,
+            ws.model(arch, seed).predictions,
+            ws.stage_metrics("train", arch, seed),
+            ws.explain(arch, seed).dir,
+            ws.stage_metrics("explain", arch, seed),
+        )
+    }
+    expected = per_seed | {
         ws.raw,
         ws.cache.dir,
         ws.split,
         ws.stage_metrics("sample"),
         ws.stage_metrics("split"),
-        ws.model(arch).dir,
-        ws.model(arch).best,
-        ws.model(arch).predictions,
-        ws.model(arch).history,
-        ws.stage_metrics("train", arch),
-        ws.explain(arch).dir,
-        ws.explain(arch).maps,
-        ws.stage_metrics("explain", arch),
+        ws.explain(arch, seeds[0]).maps,  # consistency: the primary seed's maps
+        ws.model(arch, seeds[0]).dir.parent.parent,  # report: every model (models/)
+        ws.explain(arch, seeds[0]).dir.parent.parent,  # and every explanation (explain/)
+        ws.stage_metrics("explain", arch, seeds[0]).parent.parent,  # and their metrics (metrics/explain/)
         ws.consistency,
         ws.consistency_metrics,
         ws.report.markdown,
@@ -54,15 +64,30 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
 
 def test_root_moves_every_path(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    for path in (ws.raw, ws.cache.images, ws.split, ws.model("x").last, ws.explain("x").per_image, ws.report.html):
+    for path in (ws.raw, ws.cache.images, ws.split, ws.model("x", 1).last, ws.explain("x", 1).per_image, ws.report.html):
         assert path.is_relative_to(tmp_path)
-    assert ws.stage_metrics("explain", "x") == tmp_path / "metrics" / "explain" / "x.json"
-    assert ws.explain("x").gallery("gradcam") == tmp_path / "explain" / "x" / "gallery_gradcam.png"
+    assert ws.stage_metrics("explain", "x", 7) == tmp_path / "metrics" / "explain" / "x" / "seed7.json"
+    assert ws.explain("x", 7).gallery("gradcam") == tmp_path / "explain" / "x" / "seed7" / "gallery_gradcam.png"
+    assert ws.model("x", 7).best == tmp_path / "models" / "x" / "seed7" / "best.ckpt"
+    with pytest.raises(TypeError, match="needs the training seed"):
+        ws.stage_metrics("train", "x", 42)
+
+
+def test_stage_names_are_dvcs_matrix_names() -> None:
+    """DVC names a matrix stage ``<stage>@<arch>-<seed>``: what dvc.yaml's arch × seed matrix resolves to."""
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with Repo(str(ROOT)) as repo:
+        names = {stage.addressing for stage in repo.index.stages}
+    for arch in params["model"]["archs"]:
+        for seed in params["seeds"]:
+            assert {stage_name("train", arch, seed), stage_name("explain", arch, seed)} <= names
 
 
 def test_require_names_the_missing_files_and_the_stage(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    files = ws.model("resnet50")
+    files = ws.model("resnet50", 42)
     files.dir.mkdir(parents=True)
     files.best.write_bytes(b"x")
     ws.require([files.best], needed_by="explain@resnet50", made_by="train@resnet50")  # present: no error
@@ -77,11 +102,11 @@ def test_require_names_the_missing_files_and_the_stage(tmp_path: Path) -> None:
 
 def test_output_is_all_or_nothing(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    out = ws.explain("resnet50").dir
+    out = ws.explain("resnet50", 42).dir
     with ws.output(out) as tmp:
         (tmp / "per_image.csv").write_text("old")
     with pytest.raises(KeyboardInterrupt), ws.output(out) as tmp:
         (tmp / "per_image.csv").write_text("new")
         raise KeyboardInterrupt
     assert (out / "per_image.csv").read_text() == "old"
-    assert [p.name for p in out.parent.iterdir()] == ["resnet50"]
+    assert [p.name for p in out.parent.iterdir()] == ["seed42"]

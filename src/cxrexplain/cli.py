@@ -31,6 +31,9 @@ app = typer.Typer(
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="the params file to read")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+SeedOption = Annotated[
+    int | None, typer.Option(help="a training seed of params.yaml's seeds [default: the first, the primary run]")
+]
 
 
 @app.command()
@@ -116,16 +119,17 @@ def train(
     arch: Annotated[
         str, typer.Option(help="a backbone of the registry, e.g. one of model.archs (resnet50, densenet121)")
     ],
+    seed: SeedOption = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue from models/<arch>/last.ckpt if it exists")
+        bool, typer.Option("--resume", help="continue from models/<arch>/seed<seed>/last.ckpt if it exists")
     ] = False,
     path: ParamsOption = PARAMS_FILE,
     progress: ProgressOption = True,
 ) -> None:
-    """Stage train@arch: fit the backbone with the study's head, tracked in MLflow (models/<arch>/)."""
+    """Stage train@arch-seed: fit the backbone with the study's head, tracked in MLflow (models/<arch>/seed<seed>/)."""
     from cxrexplain.stages import train as stage
 
-    stage.run(load_params(path), arch, resume=resume, show_progress=progress)
+    stage.run(load_params(path), arch, seed=seed, resume=resume, show_progress=progress)
 
 
 @app.command()
@@ -133,21 +137,23 @@ def explain(
     arch: Annotated[
         str, typer.Option(help="a backbone of the registry, e.g. one of model.archs (resnet50, densenet121)")
     ],
+    seed: SeedOption = None,
     path: ParamsOption = PARAMS_FILE,
     progress: ProgressOption = True,
 ) -> None:
-    """Stage explain@arch: CAMs and attribution baselines of every test image, measured (explain/<arch>/)."""
+    """Stage explain@arch-seed: CAMs and attribution baselines of every test image, measured
+    (explain/<arch>/seed<seed>/)."""
     from cxrexplain.stages import explain as stage
 
-    stage.run(load_params(path), arch, show_progress=progress)
+    stage.run(load_params(path), arch, seed=seed, show_progress=progress)
 
 
 @app.command()
-def consistency(path: ParamsOption = PARAMS_FILE) -> None:
-    """Stage consistency: agreement of the two architectures' CAMs on the same images."""
+def consistency(seed: SeedOption = None, path: ParamsOption = PARAMS_FILE) -> None:
+    """Stage consistency: agreement of the two architectures' CAMs (one training seed's) on the same images."""
     from cxrexplain.stages import consistency as stage
 
-    stage.run(load_params(path))
+    stage.run(load_params(path), seed=seed)
 
 
 @app.command()

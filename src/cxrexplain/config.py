@@ -270,8 +270,19 @@ class ReportParams(_Section):
     bootstrap: int = Field(1000, ge=50, description="bootstrap resamples of the test set for the 95 % intervals")
 
 
+SEED_RANGE = {"ge": 0, "le": 2**32 - 1}
+
+
 class Params(_Section):
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="global seed: sampling, splitting, training")
+    seed: int = Field(
+        42, **SEED_RANGE, description="data seed: sampling, splitting, explained subsets, tie orders, bootstraps"
+    )
+    seeds: tuple[Annotated[int, Field(**SEED_RANGE)], ...] = Field(
+        (42, 43, 44),
+        min_length=1,
+        description="training seeds: every backbone trains and is explained once per seed (dvc.yaml's matrix); "
+        "the first is the primary run the report details, all give the seed spread",
+    )
     workers: int = Field(
         4, ge=0, description="processes for parallel work (rendering, archives, data loading; 0: in the main process)"
     )
@@ -282,6 +293,24 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     explain: ExplainParams = ExplainParams()
     report: ReportParams = ReportParams()
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"seeds must be distinct: {', '.join(map(str, repeated))} repeated")
+        return value
+
+    @property
+    def primary_seed(self) -> int:
+        """The first training seed: the run the report details (galleries, per-method tables, consistency)."""
+        return self.seeds[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -297,6 +326,19 @@ def require_arch(arch: str, stage: str) -> None:
     """A :class:`CxrError` naming ``stage`` and the available architectures unless ``arch`` is one of :data:`ARCHS`."""
     if problem := _unknown_arch(arch):
         raise CxrError(f"{stage}: {problem}")
+
+
+def require_seed(params: Params, seed: int | None, stage: str) -> int:
+    """The training seed a stage runs with: ``seed`` when it is one of ``params.seeds`` (else a :class:`CxrError`
+    naming ``stage`` and the seeds), the primary seed when None."""
+    if seed is None:
+        return params.primary_seed
+    if seed not in params.seeds:
+        raise CxrError(
+            f"{stage}: seed {seed} is not one of the training seeds in params.yaml "
+            f"(seeds: {', '.join(map(str, params.seeds))}); add it there, DVC's matrix follows the list"
+        )
+    return seed
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -125,10 +125,11 @@ def git_state(cwd: Path | None = None) -> tuple[str, bool]:
     return commit, bool(status.strip())
 
 
-def run_name(arch: str, commit: str, source: str) -> str:
-    """``resnet50 @ 1a2b3c4 [synthetic]``: readable in the MLflow UI's run list."""
+def run_name(arch: str, commit: str, source: str, *, seed: int | None = None) -> str:
+    """``resnet50 s42 @ 1a2b3c4 [synthetic]`` (``s42``: the training seed): readable in the MLflow UI's run list."""
     suffix = " [synthetic]" if source == "synthetic" else ""
-    return f"{arch} @ {commit[:7]}{suffix}"
+    seeded = "" if seed is None else f" s{seed}"
+    return f"{arch}{seeded} @ {commit[:7]}{suffix}"
 
 
 def run_tags(
@@ -273,11 +274,13 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = Non
         client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def summary_run(params: Any, arch_runs: Mapping[str, str], uri: str | None = None) -> str:
-    """Create the report's run: named ``report @ <commit7>``, tagged with the architecture runs it summarises.
+def summary_run(params: Any, arch_runs: Mapping[str, Mapping[int, str]], uri: str | None = None) -> str:
+    """Create the report's run: named ``report @ <commit7>``, tagged with the training runs it summarises
+    (``arch_runs``: arch → training seed → run id).
 
-    Tags ``report.run.<arch>`` hold the run ids (the UI links them by search: ``tags.report.run.resnet50 = '…'``),
-    so a report can always be traced to the trained models it describes. Returns the new run's id.
+    Tags ``report.run.<arch>`` hold the primary seed's run ids and ``report.run.<arch>.seed<s>`` every seed's (the
+    UI links them by search: ``tags.report.run.resnet50 = '…'``), so a report can always be traced to the trained
+    models it describes; ``seeds`` lists the training seeds. Returns the new run's id.
     """
     from mlflow.tracking import MlflowClient
 
@@ -296,7 +299,9 @@ def summary_run(params: Any, arch_runs: Mapping[str, str], uri: str | None = Non
         "git.dirty": str(dirty).lower(),
         "dvc.stage": "report",
         "data.source": source,
-        **{f"report.run.{arch}": run_id for arch, run_id in arch_runs.items()},
+        "seeds": ",".join(str(seed) for seed in params.seeds),
+        **{f"report.run.{arch}": runs[params.seeds[0]] for arch, runs in arch_runs.items()},
+        **{f"report.run.{arch}.seed{seed}": run_id for arch, runs in arch_runs.items() for seed, run_id in runs.items()},
     }
     if source == "synthetic":
         tags["data.notice"] = SYNTHETIC_NOTICE
@@ -316,7 +321,8 @@ COMPARE_METRICS = {
 
 
 def recent_runs(experiment: str = EXPERIMENT, last: int = 20, uri: str | None = None):
-    """The ``last`` most recent runs of ``experiment`` as a table: start, commit, run name, arch, source, key metrics.
+    """The ``last`` most recent runs of ``experiment`` as a table: start, commit, run name, arch, training seed,
+    source, key metrics.
 
     Works with any tracking store (the SQLite default or a server). An unknown experiment gives an empty table.
     """
@@ -338,6 +344,7 @@ def recent_runs(experiment: str = EXPERIMENT, last: int = 20, uri: str | None = 
             "commit": tags.get("git.commit", "")[:7] + ("*" if tags.get("git.dirty") == "true" else ""),
             "run": tags.get("mlflow.runName", run.info.run_id[:8]),
             "arch": tags.get("arch", "-"),
+            "seed": tags.get("seed", "-"),
             "source": tags.get("data.source", "-"),
         }
         row.update({label: metrics.get(key, float("nan")) for key, label in COMPARE_METRICS.items()})

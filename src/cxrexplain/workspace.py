@@ -11,10 +11,15 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
     data/raw/                  the NIH mirror (download)
     data/cache/                images.npy, index.csv, rejects.csv (sample)
     data/split.csv             (split)
-    models/<arch>/             best.ckpt, last.ckpt, predictions.csv, history.csv, mlflow_run.json (train@arch)
-    explain/<arch>/            per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries (explain@arch)
+    models/<arch>/seed<s>/     best.ckpt, last.ckpt, predictions.csv, history.csv, mlflow_run.json (train@<arch>-<s>)
+    explain/<arch>/seed<s>/    per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries
+                               (explain@<arch>-<s>)
     explain/consistency.csv    (consistency)
-    metrics/                   sample.json, split.json, train/<arch>.json, explain/<arch>.json, explain/consistency.json
+    metrics/                   sample.json, split.json, train/<arch>/seed<s>.json, explain/<arch>/seed<s>.json,
+                               explain/consistency.json
+
+``<s>`` is a training seed (``params.seeds``): every architecture is trained and explained once per seed, and DVC
+names those stages ``train@<arch>-<s>`` and ``explain@<arch>-<s>`` (:func:`stage_name`).
     reports/                   report.md, report.html, metrics.json, figures/, plots/ (report)
 """
 
@@ -58,7 +63,7 @@ class CacheFiles(_Folder):
 
 @dataclass(frozen=True)
 class ModelFiles(_Folder):
-    """``models/<arch>/``: one trained backbone (stage ``train@<arch>``)."""
+    """``models/<arch>/seed<s>/``: one trained backbone (stage ``train@<arch>-<s>``)."""
 
     FILES: ClassVar[dict[str, str]] = {
         "best": "best.ckpt",
@@ -81,7 +86,7 @@ class ModelFiles(_Folder):
 
 @dataclass(frozen=True)
 class ExplainFiles(_Folder):
-    """``explain/<arch>/``: explanations and their measures (stage ``explain@<arch>``)."""
+    """``explain/<arch>/seed<s>/``: explanations and their measures (stage ``explain@<arch>-<s>``)."""
 
     FILES: ClassVar[dict[str, str]] = {
         "per_image": "per_image.csv",
@@ -133,6 +138,11 @@ class ReportFiles(_Folder):
     plots: Path = field(init=False)
 
 
+def stage_name(stage: str, arch: str, seed: int) -> str:
+    """DVC's name of one stage of the arch × seed matrix: ``train@resnet50-42`` (``dvc repro`` takes it)."""
+    return f"{stage}@{arch}-{seed}"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The pipeline's files under ``root`` (the repository root by default)."""
@@ -156,11 +166,12 @@ class Workspace:
         return self.root / "data" / "split.csv"
 
     # ------------------------------------------------------------------------------------------ models, explanations
-    def model(self, arch: str) -> ModelFiles:
-        return ModelFiles(self.root / "models" / arch)
+    def model(self, arch: str, seed: int) -> ModelFiles:
+        """The backbone ``arch`` trained with the training seed ``seed``."""
+        return ModelFiles(self.root / "models" / arch / f"seed{seed}")
 
-    def explain(self, arch: str) -> ExplainFiles:
-        return ExplainFiles(self.root / "explain" / arch)
+    def explain(self, arch: str, seed: int) -> ExplainFiles:
+        return ExplainFiles(self.root / "explain" / arch / f"seed{seed}")
 
     @property
     def consistency(self) -> Path:
@@ -171,9 +182,14 @@ class Workspace:
     def metrics(self) -> Path:
         return self.root / "metrics"
 
-    def stage_metrics(self, stage: str, arch: str | None = None) -> Path:
-        """``metrics/<stage>.json``, or ``metrics/<stage>/<arch>.json`` for a per-architecture stage."""
-        return self.metrics / (f"{stage}.json" if arch is None else f"{stage}/{arch}.json")
+    def stage_metrics(self, stage: str, arch: str | None = None, seed: int | None = None) -> Path:
+        """``metrics/<stage>.json``, or ``metrics/<stage>/<arch>/seed<seed>.json`` for a stage of the arch × seed
+        matrix."""
+        if arch is None:
+            return self.metrics / f"{stage}.json"
+        if seed is None:
+            raise TypeError(f"stage_metrics({stage!r}, {arch!r}): a per-architecture stage needs the training seed")
+        return self.metrics / stage / arch / f"seed{seed}.json"
 
     @property
     def consistency_metrics(self) -> Path:
@@ -218,4 +234,4 @@ class Workspace:
             yield tmp
 
 
-__all__ = ["CacheFiles", "ExplainFiles", "ModelFiles", "ReportFiles", "Workspace"]
+__all__ = ["CacheFiles", "ExplainFiles", "ModelFiles", "ReportFiles", "Workspace", "stage_name"]

@@ -14,7 +14,7 @@ from cxrexplain.workspace import Workspace
 
 
 def test_linked_galleries_are_the_ones_the_explain_stage_makes(tmp_path):
-    files = Workspace(tmp_path).explain("resnet50")
+    files = Workspace(tmp_path).explain("resnet50", 42)
     both = report.linked_galleries({"methods": {"gradcam": {}, "saliency": {}}, "images_with_boxes": 3}, files)
     assert both == {"gallery_gradcam": files.gallery("gradcam"), "methods": files.methods_figure}
     assert report.linked_galleries({"methods": {"gradcam": {}}, "images_with_boxes": 0}, files) == {

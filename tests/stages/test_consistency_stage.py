@@ -24,7 +24,7 @@ def write_maps(folder, raw: np.ndarray, explained_class: np.ndarray | None, imag
 def test_identical_pneumonia_maps_agree_perfectly(tmp_path):
     raw = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)  # no ties
     for arch in ("resnet50", "densenet121"):
-        write_maps(tmp_path / "explain" / arch, raw, np.array([1, 1]))
+        write_maps(tmp_path / "explain" / arch / "seed42", raw, np.array([1, 1]))
     metrics = consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert metrics["explained_class"] == "Pneumonia" and metrics["images"] == 2
     assert metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
@@ -37,25 +37,25 @@ def test_identical_pneumonia_maps_agree_perfectly(tmp_path):
 def test_item3_maps_of_another_class_or_of_no_recorded_class_are_refused(tmp_path, classes):
     # the audit: ResNet-50's Pneumonia map was correlated with DenseNet-121's No Finding map without a word
     raw = np.random.default_rng(1).random((2, 4, 4)).astype(np.float32)
-    write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
-    write_maps(tmp_path / "explain" / "densenet121", raw, classes)
-    with pytest.raises(CxrError, match=r"densenet121/maps.npz: does not record Pneumonia maps for every image"):
+    write_maps(tmp_path / "explain" / "resnet50" / "seed42", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121" / "seed42", raw, classes)
+    with pytest.raises(CxrError, match=r"densenet121/seed42/maps.npz: does not record Pneumonia maps for every image"):
         consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert not (tmp_path / "metrics").exists()  # nothing written
 
 
 def test_different_images_are_refused(tmp_path):
     raw = np.zeros((2, 4, 4), dtype=np.float32)
-    write_maps(tmp_path / "explain" / "resnet50", raw, np.array([1, 1]))
-    write_maps(tmp_path / "explain" / "densenet121", raw, np.array([1, 1]), images=("a.png", "c.png"))
+    write_maps(tmp_path / "explain" / "resnet50" / "seed42", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121" / "seed42", raw, np.array([1, 1]), images=("a.png", "c.png"))
     with pytest.raises(CxrError, match="explained different images"):
         consistency.run(PARAMS, ws=Workspace(tmp_path))
 
 
 def test_missing_maps_name_the_explain_stage_to_run_and_nothing_is_written(tmp_path):
-    write_maps(tmp_path / "explain" / "resnet50", np.zeros((2, 4, 4), dtype=np.float32), np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "resnet50" / "seed42", np.zeros((2, 4, 4), dtype=np.float32), np.array([1, 1]))
     with pytest.raises(
-        CxrError, match=r"consistency: missing input .*densenet121/maps.npz .*`dvc repro explain@densenet121`"
+        CxrError, match=r"consistency: missing input .*densenet121/seed42/maps.npz .*`dvc repro explain@densenet121-42`"
     ):
         consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert not Workspace(tmp_path).consistency.exists() and not (tmp_path / "metrics").exists()
@@ -63,10 +63,22 @@ def test_missing_maps_name_the_explain_stage_to_run_and_nothing_is_written(tmp_p
 
 def test_it_compares_the_pair_that_model_archs_names(tmp_path):
     raw = np.random.default_rng(1).random((2, 4, 4)).astype(np.float32)
-    write_maps(tmp_path / "explain" / "resnet18", raw, np.array([1, 1]))
-    write_maps(tmp_path / "explain" / "densenet121", raw[:, ::-1], np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "resnet18" / "seed42", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121" / "seed42", raw[:, ::-1], np.array([1, 1]))
     params = validate({**PARAMS.model_dump(mode="json"), "model": {"archs": ["resnet18", "densenet121"]}})
     metrics = consistency.run(params, ws=Workspace(tmp_path))
     assert metrics["archs"] == ["resnet18", "densenet121"]
-    with pytest.raises(CxrError, match=r"explain/resnet50/maps.npz.*explain@resnet50"):
+    with pytest.raises(CxrError, match=r"explain/resnet50/seed42/maps.npz.*explain@resnet50-42"):
         consistency.run(PARAMS, ws=Workspace(tmp_path))  # the default pair: resnet50's maps are not there
+
+
+def test_it_compares_one_training_seeds_maps_the_primary_by_default(tmp_path):
+    raw = np.random.default_rng(2).random((2, 4, 4)).astype(np.float32)
+    for arch in ("resnet50", "densenet121"):
+        write_maps(tmp_path / "explain" / arch / "seed43", raw, np.array([1, 1]))
+    with pytest.raises(CxrError, match=r"explain/resnet50/seed42/maps.npz"):
+        consistency.run(PARAMS, ws=Workspace(tmp_path))  # the primary seed (42) by default
+    metrics = consistency.run(PARAMS, ws=Workspace(tmp_path), seed=43)
+    assert metrics["train_seed"] == 43 and metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
+    with pytest.raises(CxrError, match=r"consistency: seed 7 is not one of the training seeds"):
+        consistency.run(PARAMS, ws=Workspace(tmp_path), seed=7)

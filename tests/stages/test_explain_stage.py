@@ -29,6 +29,7 @@ from tinydata import write_tiny_dataset
 
 PARAMS = {
     "workers": 0,
+    "seeds": [42],  # one training seed per architecture (several: tests/stages/test_report_stage.py)
     "model": {"archs": ["resnet18", "densenet121"], "pretrained": "none"},
     "train": {"image_size": 64, "batch_size": 8, "lr": 1e-3, "max_epochs": 2, "accelerator": "cpu", "devices": 1},
     "explain": {
@@ -71,7 +72,7 @@ def project(tmp_path_factory):
 
 def test_outputs_per_image_table_and_metrics(project):
     root, _, results = project
-    out = root / "explain" / "resnet18"
+    out = root / "explain" / "resnet18" / "seed42"
     assert {p.name for p in out.iterdir()} == {
         "per_image.csv",
         "summary.csv",
@@ -100,7 +101,7 @@ def test_outputs_per_image_table_and_metrics(project):
     assert faithful.groupby("method")["index"].nunique().eq(4).all()
     assert faithful["insertion"].between(0, 1).all() and faithful["road_morf"].between(0, 1).all()
     assert (table["predicted"] == (table["probability"] > 0.5)).all()
-    metrics = json.loads((root / "metrics" / "explain" / "resnet18.json").read_text())
+    metrics = json.loads((root / "metrics" / "explain" / "resnet18" / "seed42.json").read_text())
     assert metrics == results["resnet18"]
     assert metrics["images"] == test_images and metrics["images_with_boxes"] == 6 and metrics["subset_images"] == 4
     assert 0 < metrics["pointing_chance"] < 0.1  # 10×10 boxes on 32 px: 100/1024 of the image, minus edge pixels
@@ -131,16 +132,16 @@ def test_outputs_per_image_table_and_metrics(project):
 def test_galleries_are_images_and_logged_to_the_train_run(project):
     root, _, _ = project
     for name in ("gallery_gradcam.png", "methods.png"):
-        with Image.open(root / "explain" / "densenet121" / name) as image:
+        with Image.open(root / "explain" / "densenet121" / "seed42" / name) as image:
             assert image.format == "PNG" and image.width > 300
-    ref = json.loads((root / "models" / "densenet121" / "mlflow_run.json").read_text())
+    ref = json.loads((root / "models" / "densenet121" / "seed42" / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
     names = {a.path for a in client.list_artifacts(ref["run_id"], "explain")}
     assert {
         "explain/gallery_gradcam.png",
         "explain/methods.png",
         "explain/per_image.csv",
-        "explain/densenet121.json",
+        "explain/seed42.json",
     } <= names
     run = client.get_run(ref["run_id"])
     assert "explain/gradcam/pointing" in run.data.metrics
@@ -160,7 +161,7 @@ def test_consistency_compares_the_two_architectures(project):
 def test_youden_threshold_reproduces_the_explained_outcomes(project, tmp_path):
     root, params, _ = project
     youden = validate({**PARAMS, "explain": {**PARAMS["explain"], "threshold": "youden"}})
-    threshold = pipeline.choose_threshold(youden.explain, Workspace(root).model("resnet18").predictions)
+    threshold = pipeline.choose_threshold(youden.explain, Workspace(root).model("resnet18", 42).predictions)
     assert 0 <= threshold <= 1
     assert pipeline.choose_threshold(params.explain, Path("unused")) == 0.5
 
@@ -171,7 +172,7 @@ def test_explain_image_cli_writes_an_overlay(project, tmp_path):
     png = tmp_path / "xray.png"
     Image.fromarray(images[1]).save(png)
     out = tmp_path / "overlay.png"
-    ckpt = ["--checkpoint", str(root / "models" / "resnet18" / "best.ckpt")]
+    ckpt = ["--checkpoint", str(root / "models" / "resnet18" / "seed42" / "best.ckpt")]
     done = cli("explain-image", str(png), *ckpt, "--out", str(out), "--class", "pneumonia", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "P(Pneumonia) = " in done.stdout and "explains Pneumonia" in done.stdout
@@ -179,19 +180,19 @@ def test_explain_image_cli_writes_an_overlay(project, tmp_path):
         assert image.format == "PNG"
     # user errors name the problem (in process: the CLI prints the same CxrError and exits 2, see tests/test_cli.py)
     with pytest.raises(CxrError, match=r"--method 'magic': unknown \(available: gradcam, "):
-        explain_file(png, root / "models" / "resnet18" / "best.ckpt", "magic")
+        explain_file(png, root / "models" / "resnet18" / "seed42" / "best.ckpt", "magic")
     with pytest.raises(CxrError, match=r"none.ckpt: checkpoint not found"):
         explain_file(png, tmp_path / "none.ckpt")
     with pytest.raises(CxrError, match=r"missing.png: image not found"):
-        explain_file(tmp_path / "missing.png", root / "models" / "resnet18" / "best.ckpt")
+        explain_file(tmp_path / "missing.png", root / "models" / "resnet18" / "seed42" / "best.ckpt")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(CxrError, match=r"broken.png: not a readable image"):
-        explain_file(tmp_path / "broken.png", root / "models" / "resnet18" / "best.ckpt")
+        explain_file(tmp_path / "broken.png", root / "models" / "resnet18" / "seed42" / "best.ckpt")
 
 
 def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
     write_tiny_dataset(tmp_path / "data")
-    with pytest.raises(CxrError, match=r"explain@resnet18: missing input .*best.ckpt.*run `dvc repro train@resnet18`"):
+    with pytest.raises(CxrError, match=r"explain@resnet18-42: missing input .*best.ckpt.*run `dvc repro train@resnet18-42`"):
         explain.run(validate(PARAMS), "resnet18", ws=Workspace(tmp_path), log_to_mlflow=False)
 
 
@@ -203,18 +204,18 @@ def test_missing_inputs_are_named_before_any_work(project, tmp_path, monkeypatch
     root, params, _ = project
     ws = Workspace(tmp_path)
     monkeypatch.setattr(pipeline, "load_model", _never)
-    shutil.copytree(Workspace(root).model("resnet18").dir, ws.model("resnet18").dir)
+    shutil.copytree(Workspace(root).model("resnet18", 42).dir, ws.model("resnet18", 42).dir)
     with pytest.raises(
-        CxrError, match=r"explain@resnet18: missing input .*images.npy, .*index.csv .*dvc repro sample`"
+        CxrError, match=r"explain@resnet18-42: missing input .*images.npy, .*index.csv .*dvc repro sample`"
     ):
         explain.run(params, "resnet18", ws=ws, log_to_mlflow=False)
     shutil.copytree(Workspace(root).cache.dir, ws.cache.dir)
-    with pytest.raises(CxrError, match=r"explain@resnet18: missing input .*split.csv .*`dvc repro split` first"):
+    with pytest.raises(CxrError, match=r"explain@resnet18-42: missing input .*split.csv .*`dvc repro split` first"):
         explain.run(params, "resnet18", ws=ws, log_to_mlflow=False)
-    ws.model("resnet18").run_ref.unlink()
-    with pytest.raises(CxrError, match=r"missing input .*mlflow_run.json .*`dvc repro train@resnet18` first"):
+    ws.model("resnet18", 42).run_ref.unlink()
+    with pytest.raises(CxrError, match=r"missing input .*mlflow_run.json .*`dvc repro train@resnet18-42` first"):
         explain.run(params, "resnet18", ws=ws)  # logging needs the training's run
-    assert not ws.explain("resnet18").dir.exists()
+    assert not ws.explain("resnet18", 42).dir.exists()
 
 
 def test_a_run_missing_from_the_tracking_store_stops_explain_before_any_work(project, tmp_path, monkeypatch):
@@ -223,13 +224,13 @@ def test_a_run_missing_from_the_tracking_store_stops_explain_before_any_work(pro
     root, params, _ = project
     ws = Workspace(tmp_path)
     shutil.copytree(root / "data", tmp_path / "data")
-    shutil.copytree(Workspace(root).model("resnet18").dir, ws.model("resnet18").dir)
-    ref = json.loads(ws.model("resnet18").run_ref.read_text())
-    ws.model("resnet18").run_ref.write_text(json.dumps({**ref, "tracking_uri": f"sqlite:///{tmp_path}/fresh.db"}))
+    shutil.copytree(Workspace(root).model("resnet18", 42).dir, ws.model("resnet18", 42).dir)
+    ref = json.loads(ws.model("resnet18", 42).run_ref.read_text())
+    ws.model("resnet18", 42).run_ref.write_text(json.dumps({**ref, "tracking_uri": f"sqlite:///{tmp_path}/fresh.db"}))
     monkeypatch.setattr(pipeline, "explain_split", _never)
     with pytest.raises(CxrError, match=rf"MLflow run {ref['run_id']} is not in the tracking store sqlite:///"):
         explain.run(params, "resnet18", ws=ws, device="cpu", show_progress=False)
-    assert not ws.explain("resnet18").dir.exists() and not ws.stage_metrics("explain", "resnet18").exists()
+    assert not ws.explain("resnet18", 42).dir.exists() and not ws.stage_metrics("explain", "resnet18", 42).exists()
 
 
 KILLED_WHILE_WRITING = """
@@ -253,12 +254,12 @@ def test_a_kill_while_writing_leaves_the_old_complete_outputs(project, tmp_path)
     root, _, _ = project
     ws = Workspace(tmp_path)
     shutil.copytree(root / "data", tmp_path / "data")
-    shutil.copytree(Workspace(root).model("resnet18").dir, ws.model("resnet18").dir)
-    shutil.copytree(Workspace(root).explain("resnet18").dir, ws.explain("resnet18").dir)
-    metrics_file = ws.stage_metrics("explain", "resnet18")
+    shutil.copytree(Workspace(root).model("resnet18", 42).dir, ws.model("resnet18", 42).dir)
+    shutil.copytree(Workspace(root).explain("resnet18", 42).dir, ws.explain("resnet18", 42).dir)
+    metrics_file = ws.stage_metrics("explain", "resnet18", 42)
     metrics_file.parent.mkdir(parents=True)
-    shutil.copy(Workspace(root).stage_metrics("explain", "resnet18"), metrics_file)
-    out = ws.explain("resnet18")
+    shutil.copy(Workspace(root).stage_metrics("explain", "resnet18", 42), metrics_file)
+    out = ws.explain("resnet18", 42)
     before = {p.name: p.read_bytes() for p in out.dir.iterdir()}
     metrics_before = metrics_file.read_bytes()
     cheap = {
@@ -279,11 +280,11 @@ def test_a_kill_while_writing_leaves_the_old_complete_outputs(project, tmp_path)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert {p.name: p.read_bytes() for p in out.dir.iterdir()} == before  # the old folder, whole and unchanged
     assert metrics_file.read_bytes() == metrics_before
-    (part,) = out.dir.parent.glob(".resnet18.*.part")  # the new one, killed half-written, under a name no one reads
+    (part,) = out.dir.parent.glob(".seed42.*.part")  # the new one, killed half-written, under a name no one reads
     assert {"per_image.csv", "summary.csv", "maps.npz"} <= {p.name for p in part.iterdir()}
     assert not (part / "gallery_gradcam.png").exists()
-    Workspace.require(out.complete, needed_by="consistency", made_by="explain@resnet18")  # a reader finds it complete
-    assert len(read_pneumonia_maps(out.maps, made_by="explain@resnet18").images) == 12
+    Workspace.require(out.complete, needed_by="consistency", made_by="explain@resnet18-42")  # a reader finds it complete
+    assert len(read_pneumonia_maps(out.maps, made_by="explain@resnet18-42").images) == 12
 
 
 def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
@@ -311,7 +312,7 @@ def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
     for link, data in zip(linked, embedded, strict=True):  # the same PNG, and one a browser can decode
         assert base64.b64decode(data) == (root / "reports" / link).read_bytes(), link
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
-    ref = json.loads((root / "models" / "resnet18" / "mlflow_run.json").read_text())
+    ref = json.loads((root / "models" / "resnet18" / "seed42" / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
     summary = client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
     assert len(summary) == 1 and summary[0].data.tags["report.run.resnet18"] == ref["run_id"]

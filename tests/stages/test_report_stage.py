@@ -32,8 +32,9 @@ def _interval(mean: float, n: int = 12) -> dict:
     return {"mean": mean, "low": mean - 0.1, "high": mean + 0.1, "n": n, "clusters": n - 2}
 
 
-def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS) -> None:
-    """Every file the report reads, as the earlier stages write them (40 images of 20 patients, 24 in test)."""
+def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int, ...] = PARAMS.seeds) -> None:
+    """Every file the report reads, as the earlier stages write them (40 images of 20 patients, 24 in test), for every
+    architecture and training seed (each seed its own random probabilities; Grad-CAM's pointing 0.50, 0.51, 0.52)."""
     rng = np.random.default_rng(0)
     n = 40
     labels = np.tile([0, 1], n // 2)
@@ -49,63 +50,68 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS) -> None:
     ws.stage_metrics("sample").write_text(json.dumps({"cached": {"images": n, "pneumonia": 20, "patients": 20}}))
     ws.stage_metrics("split").write_text(json.dumps({"splits": {"val": {"images": 16}, "test": {"images": 24}}}))
     for arch in archs:
-        model, explain = ws.model(arch), ws.explain(arch)
-        model.dir.mkdir(parents=True)
-        probability = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
-        frame.assign(probability=probability).to_csv(model.predictions, index=False)
-        history = {"epoch": [0, 1], "train/loss": [0.7, 0.6], "val/loss": [0.7, 0.65], "val/auroc": [0.6, 0.7]}
-        pd.DataFrame(history).to_csv(model.history, index=False)
-        explain.dir.mkdir(parents=True)
-        for table in (explain.per_image, explain.summary, explain.sanity):
-            table.write_text("method\ngradcam\n")
-        np.savez_compressed(explain.maps, images=frame["image"].to_numpy().astype(str))
-        pd.DataFrame(
-            {
-                "method_a": "gradcam",
-                "method_b": "saliency",
-                "measure": ["pointing", "deletion"],
-                "n": 12,
-                "mean_difference": [0.1, -0.05],
-                "low": [0.0, -0.1],
-                "high": [0.2, 0.0],
-                "p": [0.04, 0.0004],
-                "p_holm": [0.08, 0.0008],
-                "test": ["mcnemar", "t"],
+        for seed in seeds:
+            model, explain = ws.model(arch, seed), ws.explain(arch, seed)
+            model.dir.mkdir(parents=True)
+            probability = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
+            frame.assign(probability=probability).to_csv(model.predictions, index=False)
+            history = {"epoch": [0, 1], "train/loss": [0.7, 0.6], "val/loss": [0.7, 0.65], "val/auroc": [0.6, 0.7]}
+            pd.DataFrame(history).to_csv(model.history, index=False)
+            explain.dir.mkdir(parents=True)
+            for table in (explain.per_image, explain.summary, explain.sanity):
+                table.write_text("method\ngradcam\n")
+            np.savez_compressed(explain.maps, images=frame["image"].to_numpy().astype(str))
+            pd.DataFrame(
+                {
+                    "method_a": "gradcam",
+                    "method_b": "saliency",
+                    "measure": ["pointing", "deletion"],
+                    "n": 12,
+                    "mean_difference": [0.1, -0.05],
+                    "low": [0.0, -0.1],
+                    "high": [0.2, 0.0],
+                    "p": [0.04, 0.0004],
+                    "p_holm": [0.08, 0.0008],
+                    "test": ["mcnemar", "t"],
+                }
+            ).to_csv(explain.paired, index=False)
+            curve = [
+                ("top_down", s, b, m, r)
+                for s, b in enumerate(("none", "head", "layer4"))
+                for m, r in [("gradcam", 1 - s / 3)]
+            ]
+            pd.DataFrame(curve, columns=["mode", "step", "block", "method", "spearman_abs"]).to_csv(
+                explain.sanity_curve, index=False
+            )
+            for png in (explain.gallery("gradcam"), explain.methods_figure):
+                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(png)
+            sanity = {"spearman_after_last_block": 0.2, "min_spearman": 0.1, "passes": True}
+            explained = {
+                "images": 24,
+                "images_with_boxes": 6,
+                "subset_images": 6,
+                "pointing_chance": 0.1,
+                "pointing_centre_prior": 0.3,
+                "methods": {
+                    "gradcam": {
+                        "pointing": _interval(0.5 + (seed - 42) / 100, 6),
+                        "deletion": _interval(0.3),
+                        "sanity": sanity,
+                    },
+                    "saliency": {"pointing": _interval(0.4, 6), "deletion": _interval(0.35)},
+                },
+                "settings": {
+                    "threshold": 0.5,
+                    "measures": ["pointing", "deletion_insertion"],
+                    "iobb_level": 0.5,
+                    "pointing_tolerance": 0.0,
+                    "tie_orders": 2,
+                    "bootstrap": 50,
+                    "sanity_threshold": 0.5,
+                },
             }
-        ).to_csv(explain.paired, index=False)
-        curve = [
-            ("top_down", s, b, m, r)
-            for s, b in enumerate(("none", "head", "layer4"))
-            for m, r in [("gradcam", 1 - s / 3)]
-        ]
-        pd.DataFrame(curve, columns=["mode", "step", "block", "method", "spearman_abs"]).to_csv(
-            explain.sanity_curve, index=False
-        )
-        for png in (explain.gallery("gradcam"), explain.methods_figure):
-            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(png)
-        sanity = {"spearman_after_last_block": 0.2, "min_spearman": 0.1, "passes": True}
-        explained = {
-            "images": 24,
-            "images_with_boxes": 6,
-            "subset_images": 6,
-            "pointing_chance": 0.1,
-            "pointing_centre_prior": 0.3,
-            "methods": {
-                "gradcam": {"pointing": _interval(0.5, 6), "deletion": _interval(0.3), "sanity": sanity},
-                "saliency": {"pointing": _interval(0.4, 6), "deletion": _interval(0.35)},
-            },
-            "settings": {
-                "threshold": 0.5,
-                "measures": ["pointing", "deletion_insertion"],
-                "iobb_level": 0.5,
-                "pointing_tolerance": 0.0,
-                "tie_orders": 2,
-                "bootstrap": 50,
-                "sanity_threshold": 0.5,
-            },
-        }
-        ws.stage_metrics("explain", arch).parent.mkdir(exist_ok=True)
-        ws.stage_metrics("explain", arch).write_text(json.dumps(explained))
+            ws.stage_metrics("explain", arch, seed).parent.mkdir(parents=True, exist_ok=True)
+            ws.stage_metrics("explain", arch, seed).write_text(json.dumps(explained))
     consistency = {"gradcam": {"spearman": _interval(0.2), "top_iou": _interval(0.15)}}
     ws.consistency_metrics.write_text(json.dumps({"images": 12, "tie_orders": 2, "methods": consistency}))
 
@@ -150,7 +156,7 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
     }
     assert {p.name for p in out.plots.iterdir()} == {f"{kind}_{a}.csv" for a in ARCHS for kind in ("confusion", "roc")}
     # the galleries are the explain stage's files, copied
-    assert (out.figures / "methods_resnet50.png").read_bytes() == ws.explain("resnet50").methods_figure.read_bytes()
+    assert (out.figures / "methods_resnet50.png").read_bytes() == ws.explain("resnet50", 42).methods_figure.read_bytes()
     markdown = out.markdown.read_text()
     links = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
     assert len(links) == 11 and all((out.dir / link).is_file() for link in links)
@@ -166,10 +172,10 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
 def test_an_explain_folder_without_its_gallery_stops_the_report_before_it_changes_anything(reported):
     ws = reported
     before = snapshot(ws.report.dir)
-    gallery = ws.explain("densenet121").gallery("gradcam")
+    gallery = ws.explain("densenet121", 42).gallery("gradcam")
     gallery.unlink()  # what a killed explain stage left before its outputs were atomic
     with pytest.raises(
-        CxrError, match=rf"report: missing input {re.escape(str(gallery))} .*`dvc repro explain@densenet121`"
+        CxrError, match=rf"report: missing input {re.escape(str(gallery))} .*`dvc repro explain@densenet121-42`"
     ):
         report.run(PARAMS, ws=ws, log_to_mlflow=False)
     assert snapshot(ws.report.dir) == before
@@ -180,9 +186,11 @@ def test_each_file_the_report_reads_is_required_before_work(ws, monkeypatch):
     monkeypatch.setattr(figures, "save_figure", lambda *args, **kwargs: drawn.append(args))
     for path, stage in (
         (ws.stage_metrics("split"), "sample split"),
-        (ws.model("resnet50").history, "train@resnet50"),
-        (ws.explain("resnet50").sanity_curve, "explain@resnet50"),
-        (ws.stage_metrics("explain", "densenet121"), "explain@densenet121"),
+        (ws.model("resnet50", 42).history, "train@resnet50-42"),
+        (ws.explain("resnet50", 42).sanity_curve, "explain@resnet50-42"),
+        (ws.stage_metrics("explain", "densenet121", 42), "explain@densenet121-42"),
+        (ws.model("densenet121", 44).predictions, "train@densenet121-44"),  # every seed's
+        (ws.stage_metrics("explain", "resnet50", 43), "explain@resnet50-43"),
         (ws.consistency_metrics, "consistency"),
     ):
         content = path.read_bytes()
@@ -223,20 +231,22 @@ def store(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def _runs(ws: Workspace, uri: str) -> dict[str, str]:
+def _runs(ws: Workspace, uri: str) -> dict[str, dict[int, str]]:
+    """A training run per architecture and seed, referenced where the train stage writes the reference."""
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("cxrexplain")
-    runs = {}
+    runs: dict[str, dict[int, str]] = {}
     for arch in ARCHS:
-        runs[arch] = client.create_run(experiment).info.run_id
-        tracking.write_run_ref(ws.model(arch).run_ref, runs[arch], uri, experiment)
+        for seed in PARAMS.seeds:
+            runs.setdefault(arch, {})[seed] = client.create_run(experiment).info.run_id
+            tracking.write_run_ref(ws.model(arch, seed).run_ref, runs[arch][seed], uri, experiment)
     return runs
 
 
 def test_a_run_reference_to_a_run_not_in_the_store_fails_before_any_figure(ws, store, monkeypatch):
     _runs(ws, store)
     missing = "0" * 32
-    tracking.write_run_ref(ws.model("densenet121").run_ref, missing, store, "1")  # made on another machine
+    tracking.write_run_ref(ws.model("densenet121", 42).run_ref, missing, store, "1")  # made on another machine
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda *args, **kwargs: drawn.append(args))
     with pytest.raises(CxrError, match=rf"mlflow_run.json: MLflow run {missing} is not in the tracking store"):
@@ -262,12 +272,63 @@ def test_the_report_is_logged_into_each_run_and_a_summary_run(ws, store):
     runs = _runs(ws, store)
     report.run(PARAMS, ws=ws)
     client = MlflowClient(tracking_uri=store)
-    names = {a.path for a in client.list_artifacts(runs["resnet50"], "report")}
+    names = {a.path for a in client.list_artifacts(runs["resnet50"][42], "report")}
     assert names == {f"report/{f}.png" for f in ("gallery_gradcam_resnet50", "methods_resnet50", "sanity_resnet50")} | {
         f"report/{f}.png" for f in ("confusion", "roc", "pr", "calibration")
     }
-    assert "report/at_youden/auroc" in client.get_run(runs["densenet121"]).data.metrics
+    assert "report/at_youden/auroc" in client.get_run(runs["densenet121"][42]).data.metrics
+    # every other seed's run gets its own test metrics at 0.5 (the seed spread's values), no figures
+    written = json.loads(ws.report.metrics.read_text())["seeds"]["densenet121"]
+    other = client.get_run(runs["densenet121"][43]).data.metrics
+    assert other["report/at_0.5/auroc"] == pytest.approx(written["metrics"]["auroc"]["values"][1], abs=1e-12)
+    assert not client.list_artifacts(runs["densenet121"][43], "report")
     (summary,) = client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
-    assert {summary.data.tags[f"report.run.{a}"] for a in ARCHS} == set(runs.values())
+    assert {summary.data.tags[f"report.run.{a}"] for a in ARCHS} == {runs[a][42] for a in ARCHS}
+    assert {summary.data.tags[f"report.run.{a}.seed{s}"] for a in ARCHS for s in PARAMS.seeds} == {
+        r for by_seed in runs.values() for r in by_seed.values()
+    }
+    assert summary.data.tags["seeds"] == "42,43,44"
     logged = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/metrics.json", "report/roc.png"} <= logged  # figures/*
+
+
+def test_the_seed_spread_gives_every_seed_its_mean_sd_and_t_interval(made):
+    """Per architecture: each seed's test metrics at 0.5 from its own predictions, Grad-CAM's measures from its explain
+    metrics, and mean, sd (ddof 1) and the t-interval across the seeds (numpy and scipy as the references)."""
+    from scipy import stats
+
+    from cxrexplain.evaluation.classification import point_metrics
+
+    ws, metrics = made
+    spread = metrics["seeds"]["resnet50"]
+    assert spread["seeds"] == [42, 43, 44] and metrics["primary_seed"] == 42
+    aurocs = []
+    for seed in PARAMS.seeds:
+        test = pd.read_csv(ws.model("resnet50", seed).predictions).query("split == 'test'")
+        aurocs.append(point_metrics(test["label"], test["probability"], 0.5)["auroc"])
+    auroc = spread["metrics"]["auroc"]
+    assert auroc["values"] == pytest.approx(aurocs, abs=1e-12)
+    assert auroc["mean"] == pytest.approx(np.mean(aurocs)) and auroc["sd"] == pytest.approx(np.std(aurocs, ddof=1))
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(aurocs), scale=stats.sem(aurocs))
+    assert (auroc["low"], auroc["high"]) == pytest.approx((low, high))
+    # the primary seed's value is the one every other section reports
+    assert auroc["values"][0] == pytest.approx(metrics["archs"]["resnet50"]["at_0.5"]["auroc"]["value"], abs=1e-12)
+    pointing = spread["metrics"]["gradcam/pointing"]
+    assert pointing["values"] == pytest.approx([0.50, 0.51, 0.52]) and pointing["sd"] == pytest.approx(0.01)
+    markdown = ws.report.markdown.read_text()
+    assert "## Seed spread: what retraining changes" in markdown
+    assert "| metric | seed 42 | seed 43 | seed 44 | mean ± sd | 95 % t-interval (seeds) | 95 % bootstrap (primary) |" in (
+        markdown
+    )
+    assert "| gradcam/pointing | 0.500 | 0.510 | 0.520 | 0.510 ± 0.010 | 0.485 to 0.535 | 0.400 to 0.600 |" in markdown
+    assert "t(0.975, 2) = 4.30" in markdown
+
+
+def test_one_training_seed_says_that_no_spread_can_be_estimated(tmp_path):
+    one = validate({"report": {"bootstrap": 50}, "seeds": [7]})
+    ws = Workspace(tmp_path / "repo")
+    write_inputs(ws, seeds=(7,))
+    metrics = report.run(one, ws=ws, log_to_mlflow=False)
+    auroc = metrics["seeds"]["densenet121"]["metrics"]["auroc"]
+    assert auroc["n"] == 1 and np.isnan(auroc["sd"]) and np.isnan(auroc["low"])
+    assert "One training seed (7): no seed spread can be estimated" in ws.report.markdown.read_text()

@@ -86,20 +86,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def assert_same_training(a: Path, b: Path, arch: str = "resnet18") -> None:
     """Two trainings ended with the same weights (bitwise), optimizer state, history and metrics."""
     for name in ("best.ckpt", "last.ckpt"):
-        first, second = (read_checkpoint(root / "models" / arch / name) for root in (a, b))
+        first, second = (read_checkpoint(root / "models" / arch / "seed42" / name) for root in (a, b))
         assert first["epoch"] == second["epoch"], name
         assert first["state_dict"].keys() == second["state_dict"].keys()
         for key, tensor in first["state_dict"].items():
             assert torch.equal(tensor, second["state_dict"][key]), f"{name}: {key}"
         assert first["history"] == second["history"]
-    first, second = (read_checkpoint(root / "models" / arch / "last.ckpt") for root in (a, b))  # the best has none
+    first, second = (read_checkpoint(root / "models" / arch / "seed42" / "last.ckpt") for root in (a, b))  # the best has none
     for x, y in zip(
         first["optimizer_states"][0]["state"].values(), second["optimizer_states"][0]["state"].values(), strict=True
     ):
         assert all(torch.equal(x[k], y[k]) for k in x)
     for name in ("history.csv", "predictions.csv"):
-        assert (a / "models" / arch / name).read_bytes() == (b / "models" / arch / name).read_bytes(), name
-    metrics = [(root / "metrics" / "train" / f"{arch}.json").read_text() for root in (a, b)]
+        assert (a / "models" / arch / "seed42" / name).read_bytes() == (b / "models" / arch / "seed42" / name).read_bytes(), name
+    metrics = [(root / "metrics" / "train" / arch / "seed42.json").read_text() for root in (a, b)]
     assert metrics[0] == metrics[1]
 
 
@@ -114,7 +114,7 @@ def project(tmp_path, monkeypatch):
 def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     monkeypatch.setattr(tracking, "SYSTEM_METRICS_INTERVAL_S", 0.5)  # a few samples in this short training
     metrics = run_in_process(project)
-    out = project / "models" / "resnet18"
+    out = project / "models" / "resnet18" / "seed42"
     assert {p.name for p in out.iterdir()} == {
         "best.ckpt",
         "last.ckpt",
@@ -129,7 +129,7 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     assert predictions["split"].value_counts().to_dict() == {"val": 12, "test": 12}
     assert predictions["probability"].between(0, 1).all()
     assert len(pd.read_csv(out / "history.csv")) == 2
-    on_disk = json.loads((project / "metrics" / "train" / "resnet18.json").read_text())
+    on_disk = json.loads((project / "metrics" / "train" / "resnet18" / "seed42.json").read_text())
     assert on_disk == metrics
     assert set(metrics["val"]) == {"auroc", "accuracy", "precision", "recall", "specificity", "f1"}
 
@@ -141,7 +141,7 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     assert run.data.params["data.source"] == "nih"
     # run-control settings are not params of the run: a resume may change them (MLflow refuses a changed param)
     assert "train.resume" not in run.data.params and "workers" not in run.data.params
-    assert run.data.tags["dvc.stage"] == "train@resnet18"
+    assert run.data.tags["dvc.stage"] == "train@resnet18-42"
     assert run.data.tags["mlflow.runName"].startswith("resnet18 @ ")
     assert {"git.commit", "git.dirty", "version.torch", "version.lightning", "device"} <= set(run.data.tags)
     assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2  # per epoch
@@ -159,7 +159,7 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     assert load and [m.step for m in load] == list(range(len(load)))
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
-    assert {"train/best.ckpt", "train/predictions.csv", "train/resnet18.json"} <= artifacts
+    assert {"train/best.ckpt", "train/predictions.csv", "train/seed42.json"} <= artifacts
 
 
 def test_same_params_and_seed_give_the_same_bytes_in_any_folder(project):
@@ -169,19 +169,19 @@ def test_same_params_and_seed_give_the_same_bytes_in_any_folder(project):
     second = run_in_process(project / "b", "densenet121")
     assert first == second
     for name in ("best.ckpt", "last.ckpt"):  # no absolute path inside: the same bytes (and DVC hash) in any folder
-        a, b = (project / d / "models" / "densenet121" / name for d in ("a", "b"))
+        a, b = (project / d / "models" / "densenet121" / "seed42" / name for d in ("a", "b"))
         assert a.read_bytes() == b.read_bytes(), name
-    state = read_checkpoint(project / "a" / "models" / "densenet121" / "last.ckpt")
+    state = read_checkpoint(project / "a" / "models" / "densenet121" / "seed42" / "last.ckpt")
     assert state["callbacks"]["EpochCheckpoint"] == {
         "best_score": first["best_val_loss"],
         "best_epoch": first["best_epoch"],
         "stopped": False,
     }
-    assert state[training.PARAMS_KEY] == training.run_params(params_of(), "densenet121")
-    best = read_checkpoint(project / "a" / "models" / "densenet121" / "best.ckpt")
+    assert state[training.PARAMS_KEY] == training.run_params(params_of(), "densenet121", 42)
+    best = read_checkpoint(project / "a" / "models" / "densenet121" / "seed42" / "best.ckpt")
     assert "optimizer_states" not in best and "callbacks" not in best  # weights, hyperparameters, history only
     assert best["state_dict"].keys() == state["state_dict"].keys() and best["history"]
-    folder = project / "a" / "models" / "densenet121"
+    folder = project / "a" / "models" / "densenet121" / "seed42"
     last_size, best_size = ((folder / name).stat().st_size for name in ("last.ckpt", "best.ckpt"))
     assert best_size < 0.5 * last_size  # Adam's two moments per weight stay in last.ckpt
 
@@ -229,9 +229,9 @@ FAILURES = {
     "no device": ({"train": {"devices": 0}}, r"train.devices.*: Input should be greater than or equal to 1 \(got 0\)"),
     "missing accelerator": (
         {"train": {"accelerator": "cuda", "devices": 1000}},
-        r"train@resnet18: train.accelerator='cuda', train.devices=1000.*not available on this machine",
+        r"train@resnet18-42: train.accelerator='cuda', train.devices=1000.*not available on this machine",
     ),
-    "missing split": ({"remove": "data/split.csv"}, r"train@resnet18: missing input .*split.csv.*dvc repro split"),
+    "missing split": ({"remove": "data/split.csv"}, r"train@resnet18-42: missing input .*split.csv.*dvc repro split"),
     "resume with another lr": (
         {"train": {"lr": 0.5}, "resume": True},
         r"cannot resume from .*last.ckpt: params differ from those of its run \(train.lr: 0.001 -> 0.5\)",
@@ -257,10 +257,10 @@ def test_a_failing_check_leaves_the_previous_outputs_untouched(trained, monkeypa
 
 def test_a_nan_loss_stops_training_with_a_clear_error(project):
     with pytest.raises(
-        CxrError, match=r"train@resnet18: loss is nan at epoch 0 step \d+; .*lower train.lr \(now 1e\+30\)"
+        CxrError, match=r"training resnet18: loss is nan at epoch 0 step \d+; .*lower train.lr \(now 1e\+30\)"
     ):
         run_in_process(project, lr=1e30, max_epochs=3)
-    assert not (project / "metrics" / "train" / "resnet18.json").exists()
+    assert not (project / "metrics" / "train" / "resnet18" / "seed42.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -281,7 +281,7 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, 
     project = workdir(tmp_path, val_against_train=True, **RESUMABLE)
     env = cli_env(project)
     cmd = ["cxrexplain", "train", "--arch", "resnet18", "--no-progress"]
-    last = project / "models" / "resnet18" / "last.ckpt"
+    last = project / "models" / "resnet18" / "seed42" / "last.ckpt"
     process = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -289,7 +289,7 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, 
     process.send_signal(signal.SIGKILL)  # during epoch 1, after the save of epoch 0
     process.wait()
     assert read_checkpoint(last)["epoch"] == 0, "the kill came too late"
-    killed_run = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())["run_id"]
+    killed_run = json.loads((project / "models" / "resnet18" / "seed42" / "mlflow_run.json").read_text())["run_id"]
     # the documented way (train.resume in params.yaml), with another number of loader workers: both run control
     (project / "params.yaml").write_text(
         yaml.safe_dump(
@@ -302,11 +302,11 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(uninterrupted, 
     with caplog.at_level(logging.INFO):
         resumed = cli(*cmd[1:], cwd=project, env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming resnet18 from models/resnet18/last.ckpt" in caplog.text
+    assert "resuming train@resnet18-42 from models/resnet18/seed42/last.ckpt" in caplog.text
     assert_same_training(uninterrupted, project)
-    ref = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())
+    ref = json.loads((project / "models" / "resnet18" / "seed42" / "mlflow_run.json").read_text())
     assert ref["run_id"] == killed_run  # the same MLflow run continues
-    assert not list((project / "models" / "resnet18").glob(".*"))  # no temporary file left behind
+    assert not list((project / "models" / "resnet18" / "seed42").glob(".*"))  # no temporary file left behind
 
 
 def other_file_system(tmp_path: Path) -> Path:
@@ -334,7 +334,7 @@ def test_interrupted_run_resumes_exactly_logs_each_step_once_and_never_writes_in
     with pytest.raises(RuntimeError, match="interrupted"):
         run_in_process(project, **RESUMABLE)
     monkeypatch.setattr(training.EpochCheckpoint, "on_train_epoch_end", original)
-    last = project / "models" / "resnet18" / "last.ckpt"
+    last = project / "models" / "resnet18" / "seed42" / "last.ckpt"
     assert read_checkpoint(last)["epoch"] == 0
     # DVC links outputs into its cache: the old last.ckpt's inode must keep its bytes when the resume saves
     cached = project / "dvc-cache-object"
@@ -348,9 +348,9 @@ def test_interrupted_run_resumes_exactly_logs_each_step_once_and_never_writes_in
     assert last.read_bytes() != cached_bytes and read_checkpoint(last)["epoch"] == 2
     assert_same_training(uninterrupted, project)
 
-    ref = json.loads((project / "models" / "resnet18" / "mlflow_run.json").read_text())
+    ref = json.loads((project / "models" / "resnet18" / "seed42" / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
-    history = pd.read_csv(project / "models" / "resnet18" / "history.csv")
+    history = pd.read_csv(project / "models" / "resnet18" / "seed42" / "history.csv")
     for key in ("val/loss", "val/auroc", "train/loss"):
         logged = client.get_metric_history(ref["run_id"], key)
         assert [m.step for m in logged] == sorted({m.step for m in logged}), f"{key}: a step logged twice"
@@ -365,8 +365,8 @@ def test_resuming_a_training_that_early_stopping_ended_trains_no_more_and_writes
     assert metrics["epochs"] == 2  # val loss rose after epoch 0: stopped after epoch 1 of 3
     killed = copy_project(finished, project / "killed")
     for name in ("predictions.csv", "history.csv"):
-        (killed / "models" / "resnet18" / name).unlink()
-    (killed / "metrics" / "train" / "resnet18.json").unlink()
+        (killed / "models" / "resnet18" / "seed42" / name).unlink()
+    (killed / "metrics" / "train" / "resnet18" / "seed42.json").unlink()
     run_in_process(killed, resume=True, max_epochs=3, patience=1)
     assert_same_training(finished, killed)
 
@@ -388,7 +388,7 @@ def test_ddp_on_two_cpu_processes_creates_exactly_one_run(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
-    assert (project / "models" / "resnet18" / "best.ckpt").is_file()
+    assert (project / "models" / "resnet18" / "seed42" / "best.ckpt").is_file()
 
 
 def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypatch):
@@ -396,12 +396,43 @@ def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     write_tiny_dataset(tmp_path / "data")
     run_in_process(tmp_path, max_epochs=1)
-    ref = json.loads((tmp_path / "models" / "resnet18" / "mlflow_run.json").read_text())
+    ref = json.loads((tmp_path / "models" / "resnet18" / "seed42" / "mlflow_run.json").read_text())
     assert ref["tracking_uri"] == mlflow_server
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(ref["run_id"])
     assert run.data.params["train.image_size"] == "32"
-    assert run.data.tags["dvc.stage"] == "train@resnet18"
+    assert run.data.tags["dvc.stage"] == "train@resnet18-42"
     assert "val/auroc" in run.data.metrics
     local = client.download_artifacts(run.info.run_id, "train/best.ckpt", str(tmp_path / "down"))
-    assert Path(local).stat().st_size == (tmp_path / "models" / "resnet18" / "best.ckpt").stat().st_size
+    assert Path(local).stat().st_size == (tmp_path / "models" / "resnet18" / "seed42" / "best.ckpt").stat().st_size
+
+
+def test_each_training_seed_has_its_own_folder_weights_and_run(project):
+    """Two seeds of one architecture: their own folders and metrics files, different initial weights (so different
+    trained weights), runs tagged with the seed; the data (cohort, split) is the same."""
+    params = params_of()
+    assert params.seeds == (42, 43, 44) and params.primary_seed == 42
+    ws = Workspace(project)
+    first = train.run(params, "resnet18", ws=ws, seed=42, show_progress=False)
+    second = train.run(params, "resnet18", ws=ws, seed=43, show_progress=False)
+    assert (first["seed"], second["seed"]) == (42, 43)
+    assert json.loads(ws.stage_metrics("train", "resnet18", 43).read_text()) == second
+    a, b = (read_checkpoint(ws.model("resnet18", s).best)["state_dict"] for s in (42, 43))
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+    rows = [pd.read_csv(ws.model("resnet18", s).predictions)[["split", "image"]] for s in (42, 43)]
+    pd.testing.assert_frame_equal(rows[0], rows[1])  # the same images: only the training differs
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    runs = [json.loads(ws.model("resnet18", s).run_ref.read_text())["run_id"] for s in (42, 43)]
+    tags = [client.get_run(r).data.tags for r in runs]
+    assert [(t["seed"], t["seed.primary"], t["dvc.stage"]) for t in tags] == [
+        ("42", "true", "train@resnet18-42"),
+        ("43", "false", "train@resnet18-43"),
+    ]
+    assert client.get_run(runs[1]).data.params["train.seed"] == "43"
+    assert "seeds" not in client.get_run(runs[1]).data.params  # the list is not a param of one training
+
+
+def test_a_seed_outside_the_list_is_refused_before_anything(project):
+    with pytest.raises(CxrError, match=r"train@resnet18: seed 7 is not one of the training seeds .*seeds: 42, 43, 44"):
+        train.run(params_of(), "resnet18", ws=Workspace(project), seed=7, show_progress=False)
+    assert not (project / "models").exists()

@@ -9,7 +9,11 @@ and writes the whole report into one folder laid out as ``reports/``::
     plots/          DVC plot data: confusion_<arch>.csv (actual, predicted at 0.5), roc_<arch>.csv (fpr, tpr)
     report.md       GitHub Markdown, figures linked relative to the folder
     report.html     the same document, one self-contained file (figures embedded)
-    metrics.json    per architecture: intervals at 0.5 and at Youden's threshold, Grad-CAM headline; DeLong
+    metrics.json    per architecture: intervals at 0.5 and at Youden's threshold, Grad-CAM headline; DeLong; the seed
+                    spread (per seed, mean, sd, t-interval across seeds)
+
+Every section but the seed spread describes the primary training seed's models (``params.seeds[0]``); the seed
+spread (:mod:`cxrexplain.evaluation.seeds`) puts every seed's test metrics and Grad-CAM measures side by side.
 
 :func:`write` builds into a temporary folder beside ``reports/`` and moves the result into place (:func:`publish`),
 so a failure or a kill never leaves a ``report.md`` that links a figure which is not there. The explanation section
@@ -37,10 +41,11 @@ from cxrexplain.data.layout import NEGATIVE_NAMES
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import figures
+from cxrexplain.evaluation import seeds as seed_spread
 from cxrexplain.evaluation.document import Document
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
 from cxrexplain.io import atomic_dir, scratch_dir, write_csv, write_json, write_text
-from cxrexplain.workspace import ExplainFiles, ReportFiles, Workspace
+from cxrexplain.workspace import ExplainFiles, ReportFiles, Workspace, stage_name
 
 STUDY = {"accuracy": 0.932, "precision": 0.918, "recall": 0.945, "auroc": 0.96, "heatmaps_on_region": 0.92}
 SYNTHETIC_BANNER = (
@@ -71,6 +76,14 @@ class ArchInputs:
 
 
 @dataclass(frozen=True)
+class SeedRun:
+    """One training seed's outputs the seed spread reads: its predictions (val, test) and its explain metrics."""
+
+    predictions: pd.DataFrame
+    explained: Mapping
+
+
+@dataclass(frozen=True)
 class RunFacts:
     """What the report states about how this run was made (from ``params`` and git)."""
 
@@ -78,14 +91,17 @@ class RunFacts:
     group_by: str
     pretrained: str
     image_size: int
-    seed: int
+    seed: int  # the data seed: bootstraps
     commit: str
     dirty: bool  # uncommitted changes to tracked files
+    seeds: tuple[int, ...] = (42,)  # the training seeds, the primary first
 
     @classmethod
     def of(cls, params: Params, commit: str, dirty: bool) -> RunFacts:
         p = params
-        return cls(p.data.source, p.split.group_by, p.model.pretrained, p.train.image_size, p.seed, commit, dirty)
+        return cls(
+            p.data.source, p.split.group_by, p.model.pretrained, p.train.image_size, p.seed, commit, dirty, p.seeds
+        )
 
     @property
     def synthetic(self) -> bool:
@@ -96,41 +112,47 @@ class RunFacts:
 class Inputs:
     """Everything the report reads, loaded: per architecture, and the sample/split/consistency metrics."""
 
-    archs: dict[str, ArchInputs]
+    archs: dict[str, ArchInputs]  # the primary seed's
     sample: dict
     split: dict
     consistency: dict | None  # only with two architectures: the consistency stage compares exactly two
+    seeds: dict[str, dict[int, SeedRun]]  # every architecture's every training seed, the primary first
 
 
-def read_inputs(ws: Workspace, archs: Sequence[str], *, run_refs: bool) -> Inputs:
+def read_inputs(ws: Workspace, archs: Sequence[str], seeds: Sequence[int], *, run_refs: bool) -> Inputs:
     """Load every file the report reads from ``ws``, after checking all are there (:meth:`Workspace.require`: else a
-    :class:`CxrError` naming the missing file and the stage that makes it). ``run_refs``: the MLflow run references
-    are needed too (the report logs into the runs)."""
+    :class:`CxrError` naming the missing file and the stage that makes it), for every architecture and training seed
+    (``seeds[0]``: the primary). ``run_refs``: the MLflow run references are needed too (the report logs into the
+    runs)."""
     need = partial(ws.require, needed_by="report")
+    primary = seeds[0]
     need([ws.stage_metrics("sample"), ws.stage_metrics("split")], made_by="sample split")
     for a in archs:
-        m = ws.model(a)
-        need([m.predictions, m.history, *([m.run_ref] if run_refs else [])], made_by=f"train@{a}")
-        need([*ws.explain(a).complete, ws.stage_metrics("explain", a)], made_by=f"explain@{a}")
+        for s in seeds:
+            m, e = ws.model(a, s), ws.explain(a, s)
+            need([m.predictions, m.history, *([m.run_ref] if run_refs else [])], made_by=stage_name("train", a, s))
+            need([*e.complete, ws.stage_metrics("explain", a, s)], made_by=stage_name("explain", a, s))
     if len(archs) == 2:
         need([ws.consistency_metrics], made_by="consistency")
-    explained = {a: _json(ws.stage_metrics("explain", a)) for a in archs}
-    galleries = {a: linked_galleries(explained[a], ws.explain(a)) for a in archs}
+    explained = {a: {s: _json(ws.stage_metrics("explain", a, s)) for s in seeds} for a in archs}
+    galleries = {a: linked_galleries(explained[a][primary], ws.explain(a, primary)) for a in archs}
     for a in archs:
-        need(galleries[a].values(), made_by=f"explain@{a}")
+        need(galleries[a].values(), made_by=stage_name("explain", a, primary))
+    predictions = {a: {s: pd.read_csv(ws.model(a, s).predictions) for s in seeds} for a in archs}
     loaded = {
         a: ArchInputs(
-            predictions=pd.read_csv(ws.model(a).predictions),
-            history=pd.read_csv(ws.model(a).history),
-            explained=explained[a],
-            paired=pd.read_csv(ws.explain(a).paired),
-            sanity_curve=pd.read_csv(ws.explain(a).sanity_curve),
+            predictions=predictions[a][primary],
+            history=pd.read_csv(ws.model(a, primary).history),
+            explained=explained[a][primary],
+            paired=pd.read_csv(ws.explain(a, primary).paired),
+            sanity_curve=pd.read_csv(ws.explain(a, primary).sanity_curve),
             galleries=galleries[a],
         )
         for a in archs
     }
+    runs = {a: {s: SeedRun(predictions[a][s], explained[a][s]) for s in seeds} for a in archs}
     consistency = _json(ws.consistency_metrics) if len(archs) == 2 else None
-    return Inputs(loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency)
+    return Inputs(loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency, runs)
 
 
 def _json(path: Path) -> dict:
@@ -202,8 +224,10 @@ def build(
     split: Mapping,
     consistency: Mapping | None,
     folder: Path,
+    seed_runs: Mapping[str, Mapping[int, SeedRun]] | None = None,
 ) -> tuple[dict, dict[str, str]]:
-    """Write the report into ``folder`` (layout in the module docstring).
+    """Write the report into ``folder`` (layout in the module docstring). ``inputs``: the primary seed's outputs per
+    architecture; ``seed_runs``: every seed's, for the seed spread (None: the primary's alone).
 
     Returns ``metrics.json``'s content and the figures made, key (``roc``, ``sanity_<arch>``, …) → file name.
     """
@@ -262,7 +286,11 @@ def build(
                 threshold=x.explained["settings"]["sanity_threshold"],
                 note=note,
             )
+    if seed_runs is None:
+        seed_runs = {a: {facts.seeds[0]: SeedRun(x.predictions, x.explained)} for a, x in inputs.items()}
+    spreads = {a: seed_spread_of(seed_runs[a]) for a in archs}
     doc = document(facts, sample, split, results, made, archs, comparison)
+    seed_section(doc, spreads, results, {a: x.explained for a, x in inputs.items()}, facts)
     explanations(doc, {a: x.explained for a, x in inputs.items()}, {a: x.paired for a, x in inputs.items()}, made)
     consistency_section(doc, consistency)
     write_text(Path(folder) / "report.md", doc.markdown(Path(folder)))
@@ -275,6 +303,8 @@ def build(
         "cohort": sample.get("cached", {}),
         "archs": results,
         "delong": comparison,
+        "primary_seed": facts.seeds[0],
+        "seeds": spreads,
     }
     write_json(Path(folder) / "metrics.json", metrics)
     return metrics, {key: Path(path).name for key, path in made.items()}
@@ -309,17 +339,35 @@ def publish(built: Path, reports: Path) -> None:
 
 
 def log_runs(
-    refs: Mapping[str, Mapping[str, str]], params: Params, files: ReportFiles, metrics: Mapping, made: Mapping[str, str]
+    refs: Mapping[str, Mapping[int, Mapping[str, str]]],
+    params: Params,
+    files: ReportFiles,
+    metrics: Mapping,
+    made: Mapping[str, str],
 ) -> None:
-    """Each architecture's MLflow run gets its figures and report metrics; a summary run (in the store of the first
-    architecture's run) gets the report, tagged with the runs it covers."""
-    for arch, ref in refs.items():
+    """Each architecture's primary-seed MLflow run gets its figures and report metrics, every other seed's run its own
+    test metrics at 0.5 (``report/at_0.5/<metric>``, from the seed spread); a summary run (in the store of the first
+    architecture's run) gets the report, tagged with the runs it covers. ``refs``: arch → seed → run reference."""
+    primary = params.primary_seed
+    for arch, by_seed in refs.items():
+        ref = by_seed[primary]
         figures = [files.figures / name for name in arch_figures(made, arch)]
         tracking.log_artifacts(ref["run_id"], figures, "report", uri=ref["tracking_uri"])
         tracking.log_metrics(ref["run_id"], flat_metrics(metrics["archs"][arch]), uri=ref["tracking_uri"])
+        spread = metrics["seeds"][arch]
+        for k, seed in enumerate(spread["seeds"]):
+            if seed == primary:
+                continue
+            own = {
+                f"report/at_0.5/{m}": entry["values"][k]
+                for m, entry in spread["metrics"].items()
+                if "/" not in m and not math.isnan(entry["values"][k])
+            }
+            tracking.log_metrics(by_seed[seed]["run_id"], own, uri=by_seed[seed]["tracking_uri"])
     if refs:
-        uri = next(iter(refs.values()))["tracking_uri"]
-        summary = tracking.summary_run(params, {a: ref["run_id"] for a, ref in refs.items()}, uri=uri)
+        uri = next(iter(refs.values()))[primary]["tracking_uri"]
+        runs = {arch: {seed: ref["run_id"] for seed, ref in by_seed.items()} for arch, by_seed in refs.items()}
+        summary = tracking.summary_run(params, runs, uri=uri)
         tracking.log_artifacts(summary, [files.markdown, files.html, files.metrics, files.figures], "report", uri=uri)
 
 
@@ -372,7 +420,9 @@ def document(
         f"protocol **{facts.group_by}-wise** ({leak}) "
         f"· cohort {cached.get('images', '?')} images ({cached.get('pneumonia', '?')} Pneumonia, "
         f"{cached.get('negative', '?')} {negative}) of {cached.get('patients', '?')} patients · "
-        f"pretrained {facts.pretrained} · input {facts.image_size} px."
+        f"pretrained {facts.pretrained} · input {facts.image_size} px · training seeds "
+        f"{', '.join(map(str, facts.seeds))}: every section describes the primary seed's ({facts.seeds[0]}) models "
+        "but the seed spread."
     )
     splits = split.get("splits", {})
     if splits:
@@ -445,6 +495,87 @@ def document(
             f"z = {comparison['z']:.2f}, p = {_p(comparison['p'])}."
         )
     return doc
+
+
+def seed_spread_of(runs: Mapping[int, SeedRun]) -> dict:
+    """One architecture's seed spread for ``metrics.json``: the seeds, per metric the per-seed values, mean, sd and
+    t-interval (:func:`cxrexplain.evaluation.seeds.summarise`)."""
+    table = seed_spread.seed_table({s: r.predictions for s, r in runs.items()}, {s: r.explained for s, r in runs.items()})
+    return {"seeds": [int(s) for s in runs], "metrics": seed_spread.summarise(table)}
+
+
+SEED_MEASURES = tuple(f"{seed_spread.METHOD}/{m}" for m in PAIRED_SHOWN)  # the Grad-CAM measures shown
+
+
+def seed_section(
+    doc: Document,
+    spreads: Mapping[str, dict],
+    results: Mapping[str, dict],
+    explained: Mapping[str, Mapping],
+    facts: RunFacts,
+) -> None:
+    """Per architecture: every training seed's test metrics (threshold 0.5) and Grad-CAM measures, their mean ± sd and
+    95 % t-interval across seeds, beside the primary seed's patient-clustered bootstrap interval."""
+    doc.heading("Seed spread: what retraining changes")
+    n = len(facts.seeds)
+    if n == 1:
+        doc.paragraph(
+            f"One training seed ({facts.seeds[0]}): no seed spread can be estimated, so nothing here says how much "
+            "these numbers would move if the models were trained again. Give `seeds` two or more values in "
+            "params.yaml (every architecture is then trained and explained once per seed) to measure it."
+        )
+    else:
+        doc.paragraph(
+            f"Every architecture was trained and explained once per training seed ({', '.join(map(str, facts.seeds))}; "
+            f"the primary, {facts.seeds[0]}, is the run every other section describes), on the same cohort, split, "
+            "explained images and tie orders: only the training's randomness (initial weights, shuffling, dropout, "
+            "augmentation) differs. Per metric: each seed's value, mean ± sd (sample, ddof 1), the 95 % Student-t "
+            f"interval of the mean across the {n} seeds (t(0.975, {n - 1}) = "
+            f"{seed_spread.t_quantile(n):.2f}), and, for comparison, the primary "
+            "seed's 95 % patient-clustered bootstrap interval (test patients resampled, one model): the two answer "
+            "different questions, retraining vs resampling the test set. A difference between two commits smaller "
+            "than the seed spread is not evidence of a change (`cxrexplain compare --against`)."
+        )
+    for arch, spread in spreads.items():
+        metrics = spread["metrics"]
+        seeds = spread["seeds"]
+        rows = []
+        for key in (*seed_spread.CLASSIFICATION, *SEED_MEASURES):
+            if key not in metrics:
+                continue
+            entry = metrics[key]
+            boot = _bootstrap_cell(results[arch], explained[arch], key)
+            rows.append(
+                [
+                    key if "/" in key else f"test {key} (0.5)",
+                    *(_num(v) for v in entry["values"]),
+                    f"{_num(entry['mean'])} ± {_num(entry['sd'])}",
+                    "n/a" if math.isnan(entry["low"]) else f"{entry['low']:.3f} to {entry['high']:.3f}",
+                    boot,
+                ]
+            )
+        doc.heading(arch, 3)
+        doc.table(
+            ["metric", *(f"seed {s}" for s in seeds), "mean ± sd", "95 % t-interval (seeds)", "95 % bootstrap (primary)"],
+            rows,
+        )
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _bootstrap_cell(result: Mapping, explained: Mapping, key: str) -> str:
+    """The primary seed's bootstrap interval of ``key``: a classification metric at 0.5 (``metrics.json``), or a
+    Grad-CAM measure (its explain metrics)."""
+    if "/" in key:
+        method, column = key.split("/", 1)
+        entry = explained.get("methods", {}).get(method, {}).get(column)
+    else:
+        entry = result["at_0.5"].get(key)
+    if not entry or entry.get("low") is None or math.isnan(entry["low"]):
+        return "n/a"
+    return f"{entry['low']:.3f} to {entry['high']:.3f}"
 
 
 def consistency_section(doc: Document, consistency: Mapping | None) -> None:

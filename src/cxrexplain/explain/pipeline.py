@@ -61,13 +61,13 @@ def load_model(checkpoint: Path, device: torch.device) -> nn.Module:
 
 
 def _train_on_permuted_labels(
-    params: Params, arch: str, cache_dir: Path, split_file: Path, device: torch.device
+    params: Params, arch: str, cache_dir: Path, split_file: Path, device: torch.device, seed: int
 ) -> tuple[nn.Module, float]:
     """:func:`cxrexplain.models.permuted.train_on_permuted_labels`, imported when the data randomisation test runs
     (it trains with Lightning, which the rest of explaining does not import)."""
     from cxrexplain.models.permuted import train_on_permuted_labels
 
-    return train_on_permuted_labels(params, arch, cache_dir, split_file, device)
+    return train_on_permuted_labels(params, arch, cache_dir, split_file, device, seed=seed)
 
 
 def choose_threshold(config: ExplainParams, predictions: Path) -> float:
@@ -124,9 +124,11 @@ def explain_trained(
     split_file: Path,
     device: torch.device,
     *,
+    train_seed: int,
     progress: str | None = None,
 ) -> Explanation:
-    """:func:`explain_split` for the stage: ``arch``'s best checkpoint in ``trained`` on ``device``, its threshold
+    """:func:`explain_split` for the stage: ``arch``'s best checkpoint in ``trained`` (trained with ``train_seed``,
+    which the permuted-label model of the data randomisation test starts from too) on ``device``, its threshold
     (:func:`choose_threshold`), the cached images of ``params.explain.split``; the permuted-label model of the data
     randomisation test trained on the same cache and split (:mod:`cxrexplain.models.permuted`). ``arch`` is one of
     :data:`~cxrexplain.config.ARCHS` (the stage checks it first, with :func:`~cxrexplain.config.require_arch`)."""
@@ -141,7 +143,7 @@ def explain_trained(
         image_size=params.train.image_size,
         seed=params.seed,
         threshold=threshold,
-        permuted=lambda: _train_on_permuted_labels(params, arch, cache.dir, split_file, device),
+        permuted=lambda: _train_on_permuted_labels(params, arch, cache.dir, split_file, device, train_seed),
         progress=progress,
     )
 

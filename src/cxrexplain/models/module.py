@@ -84,7 +84,7 @@ class PneumoniaClassifier(L.LightningModule):
         loss = self._step(batch, "train", self.train_metrics)
         if not torch.isfinite(loss.detach()).item():  # one sync per step: a diverged run stops at once, named
             raise CxrError(
-                f"train@{self.hparams.arch}: loss is {loss.item()} at epoch {self.current_epoch} step {batch_idx}; "
+                f"training {self.hparams.arch}: loss is {loss.item()} at epoch {self.current_epoch} step {batch_idx}; "
                 f"the training diverged: lower train.lr (now {self.hparams.lr:g}), or check the cached images"
             )
         return loss

@@ -27,10 +27,11 @@ NO_AUGMENTATION = AugmentParams(rotate_deg=0.0, zoom=0.0, hflip=0.0, contrast=0.
 
 
 def train_on_permuted_labels(
-    params: Params, arch: str, cache_dir: Path, split_file: Path, device: torch.device
+    params: Params, arch: str, cache_dir: Path, split_file: Path, device: torch.device, *, seed: int
 ) -> tuple[Classifier, float]:
-    """``arch`` trained on the training split with permuted labels; returns (model in eval mode on ``device``,
-    its accuracy on the permuted training labels)."""
+    """``arch`` trained on the training split with permuted labels, from the initialisation of the real model trained
+    with the training seed ``seed`` (which also draws the permutation); returns (model in eval mode on ``device``, its
+    accuracy on the permuted training labels)."""
     t = params.train
     dm = CxrDataModule(
         cache_dir,
@@ -39,9 +40,9 @@ def train_on_permuted_labels(
         batch_size=t.batch_size,
         num_workers=0,
         augment=NO_AUGMENTATION,
-        permute_train_labels=params.seed,
+        permute_train_labels=seed,
     )
-    L.seed_everything(params.seed, workers=True, verbose=False)
+    L.seed_everything(seed, workers=True, verbose=False)
     module = PneumoniaClassifier(
         arch, pretrained=params.model.pretrained, dropout=params.model.dropout, lr=t.lr, image_size=t.image_size
     )

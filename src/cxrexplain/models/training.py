@@ -52,34 +52,36 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
 from cxrexplain.io import PART_SUFFIX, atomic_file, write_csv, write_json
 from cxrexplain.models.module import PneumoniaClassifier, module_from_checkpoint, read_checkpoint
-from cxrexplain.workspace import CacheFiles, ModelFiles
+from cxrexplain.workspace import CacheFiles, ModelFiles, stage_name
 
 # How a run executes, not what it learns: never MLflow params, never compared when resuming (``progress`` is a CLI
 # flag, not a param). ``workers`` changes no number: augmentations do not depend on the worker that draws them.
 RUN_CONTROL = ("train.resume", "workers")
+
 PARAMS_KEY = "cxrexplain_params"  # in every last.ckpt: the params recorded with its run (those of run_params)
 MONITOR = "val/loss"
 
 
-def run_params(params: Params, arch: str) -> dict[str, str]:
-    """The run's MLflow params, flattened (``train.lr``): every param but :data:`RUN_CONTROL`, and the arch."""
-    flat = tracking.flatten(params.model_dump(mode="json"))
-    return {**{k: v for k, v in flat.items() if k not in RUN_CONTROL}, "arch": arch}
+def run_params(params: Params, arch: str, seed: int) -> dict[str, str]:
+    """The run's MLflow params, flattened (``train.lr``): every param but :data:`RUN_CONTROL` and the list of seeds,
+    the arch, and the run's training seed as ``train.seed``."""
+    flat = tracking.flatten({k: v for k, v in params.model_dump(mode="json").items() if k != "seeds"})
+    return {**{k: v for k, v in flat.items() if k not in RUN_CONTROL}, "arch": arch, "train.seed": str(seed)}
 
 
-def check_resumable(last: Path, expected: Mapping[str, str], arch: str) -> None:
+def check_resumable(last: Path, expected: Mapping[str, str], stage: str) -> None:
     """``last`` is a safe checkpoint of a run with the params ``expected``; else a CxrError naming the keys."""
     recorded = read_checkpoint(last).get(PARAMS_KEY)  # refuses, naming the file, an unsafe or truncated checkpoint
     if not isinstance(recorded, dict):
         raise CxrError(
-            f"train@{arch}: {last} records no params (written by an older version), so resuming it could mix two "
+            f"{stage}: {last} records no params (written by an older version), so resuming it could mix two "
             "configurations; train afresh (without --resume and train.resume)"
         )
     differ = sorted(k for k in recorded.keys() | expected.keys() if recorded.get(k) != expected.get(k))
     if differ:
         shown = "; ".join(f"{k}: {recorded.get(k, '(absent)')} -> {expected.get(k, '(absent)')}" for k in differ)
         raise CxrError(
-            f"train@{arch}: cannot resume from {last}: params differ from those of its run ({shown}); restore them, "
+            f"{stage}: cannot resume from {last}: params differ from those of its run ({shown}); restore them, "
             "or train afresh (without --resume and train.resume)"
         )
 
@@ -230,6 +232,7 @@ class Training:
 
     params: Params
     arch: str
+    seed: int  # the training seed
     files: ModelFiles
     resuming: bool
     recorded: dict[str, str]
@@ -268,11 +271,13 @@ def prepare(
     split_file: Path,
     files: ModelFiles,
     *,
+    seed: int,
     resume: bool,
     workers: int,
     progress: bool,
 ) -> Training:
-    """Check everything a training of ``arch`` needs and build it, before any output is touched.
+    """Check everything a training of ``arch`` with the training seed ``seed`` needs and build it, before any output
+    is touched. ``seed`` fixes the initial weights (unless pretrained), the shuffling, dropout and augmentations.
 
     ``resume``: continue from ``files.last`` if it exists (its params must equal the current ones, but for
     :data:`RUN_CONTROL`). Raises a :class:`CxrError` for an unknown arch, an unsupported or unreachable tracking store,
@@ -283,11 +288,11 @@ def prepare(
     t = params.train
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
-    recorded = run_params(params, arch)
+    recorded = run_params(params, arch, seed)
     resuming = resume and files.last.is_file()
     previous_run = None
     if resuming:
-        check_resumable(files.last, recorded, arch)
+        check_resumable(files.last, recorded, stage_name("train", arch, seed))
         previous_run = tracking.require_run(files.run_ref)["run_id"] if files.run_ref.is_file() else None
     dm = CxrDataModule(
         cache.dir,
@@ -296,13 +301,13 @@ def prepare(
         batch_size=t.batch_size,
         num_workers=workers,
         augment=t.augment,
-        seed=params.seed,
+        seed=seed,
     )
     for split in ("train", "val", "test"):
         dm.dataset(split)  # reads the cache and the split; an empty split is an error naming the file
     pos_weight = dm.pos_weight() if t.pos_weight == "auto" else t.pos_weight
     gpu = on_gpu(t.accelerator)
-    L.seed_everything(params.seed, workers=True, verbose=False)  # the initial weights (a resume then loads its own)
+    L.seed_everything(seed, workers=True, verbose=False)  # the initial weights (a resume then loads its own)
     module = PneumoniaClassifier(
         arch,
         pretrained=params.model.pretrained,
@@ -317,10 +322,14 @@ def prepare(
     commit, _ = tracking.git_state()
     logger = ContinuedMLFlowLogger(
         experiment_name=tracking.EXPERIMENT,
-        run_name=tracking.run_name(arch, commit, params.data.source),
+        run_name=tracking.run_name(arch, commit, params.data.source, seed=seed),
         tracking_uri=uri,
         tags=tracking.run_tags(
-            stage=f"train@{arch}", arch=arch, source=params.data.source, device=device_name(t.accelerator)
+            stage=stage_name("train", arch, seed),
+            arch=arch,
+            source=params.data.source,
+            device=device_name(t.accelerator),
+            extra={"seed": str(seed), "seed.primary": str(seed == params.primary_seed).lower()},
         ),
         artifact_location=tracking.artifact_location(uri),
         run_id=previous_run,
@@ -338,7 +347,7 @@ def prepare(
             deterministic=t.deterministic,
             logger=logger,
             callbacks=[
-                EpochSeeds(params.seed),
+                EpochSeeds(seed),
                 EarlyStopping(monitor=MONITOR, mode="min", patience=t.patience),
                 checkpoint,
             ],
@@ -351,11 +360,13 @@ def prepare(
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         first = (str(error).strip().splitlines() or [""])[0][:300]
         raise CxrError(
-            f"train@{arch}: train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
+            f"{stage_name('train', arch, seed)}: train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
             f"train.strategy={t.strategy!r}: not available on this machine ({first})"
         ) from None
     datasets = {"cohort": cache.index, "split": split_file}
-    return Training(params, arch, files, resuming, recorded, dm, module, trainer, logger, checkpoint, uri, datasets)
+    return Training(
+        params, arch, seed, files, resuming, recorded, dm, module, trainer, logger, checkpoint, uri, datasets
+    )
 
 
 def fit(training: Training) -> Result | None:
@@ -411,7 +422,7 @@ def _best_epoch(training: Training) -> Result:
     """Predictions (val, test) of the best checkpoint, read once, and the metrics of the training."""
     arch, files, dm = training.arch, training.files, training.datamodule
     if not files.best.is_file():
-        raise CxrError(f"train@{arch}: no best checkpoint was written in {files.dir}")
+        raise CxrError(f"{stage_name('train', arch, training.seed)}: no best checkpoint was written in {files.dir}")
     checkpoint = read_checkpoint(files.best)
     best = module_from_checkpoint(checkpoint, files.best)
     frames = []
@@ -431,6 +442,7 @@ def _best_epoch(training: Training) -> Result:
     }
     metrics = {
         "arch": arch,
+        "seed": training.seed,
         "source": training.params.data.source,
         "epochs": int(training.trainer.current_epoch),
         "best_epoch": int(checkpoint["epoch"]),

@@ -26,12 +26,15 @@ def run(
     log_to_mlflow: bool = True,
     bootstrap: int | None = None,
 ) -> dict:
-    """Build ``ws.report`` for ``params.model.archs``; returns ``metrics.json``'s content. ``bootstrap`` overrides
+    """Build ``ws.report`` for ``params.model.archs`` and every training seed of ``params.seeds``; returns
+    ``metrics.json``'s content. ``bootstrap`` overrides
     ``params.report.bootstrap``."""
     ws = ws or Workspace()
-    archs = params.model.archs
-    found = report.read_inputs(ws, archs, run_refs=log_to_mlflow)
-    refs = {a: tracking.require_run(ws.model(a).run_ref) for a in archs} if log_to_mlflow else {}
+    archs, seeds = params.model.archs, params.seeds
+    found = report.read_inputs(ws, archs, seeds, run_refs=log_to_mlflow)
+    refs = (
+        {a: {s: tracking.require_run(ws.model(a, s).run_ref) for s in seeds} for a in archs} if log_to_mlflow else {}
+    )
     metrics, made = report.write(
         found.archs,
         ws.report.dir,
@@ -40,6 +43,7 @@ def run(
         sample=found.sample,
         split=found.split,
         consistency=found.consistency,
+        seed_runs=found.seeds,
     )
     report.log_runs(refs, params, ws.report, metrics, made)
     log.info("report written to %s (report.md, report.html, metrics.json)", ws.report.dir)
