@@ -142,7 +142,7 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     # run-control settings are not params of the run: a resume may change them (MLflow refuses a changed param)
     assert "train.resume" not in run.data.params and "workers" not in run.data.params
     assert run.data.tags["dvc.stage"] == "train@resnet18-42"
-    assert run.data.tags["mlflow.runName"].startswith("resnet18 @ ")
+    assert run.data.tags["mlflow.runName"].startswith("resnet18 s42 @ ")
     assert {"git.commit", "git.dirty", "version.torch", "version.lightning", "device"} <= set(run.data.tags)
     assert len(client.get_metric_history(run.info.run_id, "val/auroc")) == 2  # per epoch
     assert "best_test/auroc" in run.data.metrics
