@@ -276,11 +276,17 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = Non
         client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def summary_run(params: Any, arch_runs: Mapping[str, str], uri: str | None = None) -> str:
+REPORT_DIGEST_TAG = "report.metrics_md5"  # a report run's tag: the MD5 of the reports/metrics.json it logged
+
+
+def summary_run(
+    params: Any, arch_runs: Mapping[str, str], uri: str | None = None, extra: Mapping[str, str] | None = None
+) -> str:
     """Create the report's run: named ``report @ <commit7>``, tagged with the architecture runs it summarises.
 
     Tags ``report.run.<arch>`` hold the run ids (the UI links them by search: ``tags.report.run.resnet50 = '…'``),
-    so a report can always be traced to the trained models it describes. Returns the new run's id.
+    so a report can always be traced to the trained models it describes; ``extra`` tags are added (the report's
+    :data:`REPORT_DIGEST_TAG`, which :func:`find_summary_run` looks for). Returns the new run's id.
     """
     from mlflow.tracking import MlflowClient
 
@@ -300,12 +306,28 @@ def summary_run(params: Any, arch_runs: Mapping[str, str], uri: str | None = Non
         "dvc.stage": "report",
         "data.source": source,
         **{f"report.run.{arch}": run_id for arch, run_id in arch_runs.items()},
+        **(extra or {}),
     }
     if source == "synthetic":
         tags["data.notice"] = SYNTHETIC_NOTICE
     run = client.create_run(experiment_id, tags=tags)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def find_summary_run(arch_runs: Mapping[str, str], digest: str, uri: str | None = None) -> str | None:
+    """The id of a report run (not deleted) that logged the report whose ``metrics.json`` has MD5 ``digest`` for
+    exactly the architecture runs ``arch_runs`` (arch -> run id), or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    clauses = ["tags.`dvc.stage` = 'report'", f"tags.`{REPORT_DIGEST_TAG}` = '{digest}'"]
+    clauses += [f"tags.`report.run.{arch}` = '{run_id}'" for arch, run_id in arch_runs.items()]
+    found = client.search_runs([experiment.experiment_id], " and ".join(clauses), max_results=1)
+    return found[0].info.run_id if found else None
 
 
 COMPARE_METRICS = {

@@ -183,6 +183,11 @@ class Workspace:
     def report(self) -> ReportFiles:
         return ReportFiles(self.root / "reports")
 
+    @property
+    def lock(self) -> Path:
+        """``dvc.lock``: DVC's record of each stage's last run (the hashes of its deps and outs)."""
+        return self.root / "dvc.lock"
+
     # ---------------------------------------------------------------------------------------------------- checking
     @staticmethod
     def require(paths: Iterable[Path], *, needed_by: str, made_by: str) -> None:

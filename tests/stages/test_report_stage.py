@@ -5,6 +5,7 @@ their formats, with made-up values: the report's content on real outputs is test
 and tests/test_pipeline.py.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -23,6 +25,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import figures
 from cxrexplain.stages import report
 from cxrexplain.workspace import Workspace
+from inprocess import cli
 
 PARAMS = validate({"report": {"bootstrap": 50}})
 ARCHS = PARAMS.model.archs  # the report covers model.archs
@@ -271,3 +274,75 @@ def test_the_report_is_logged_into_each_run_and_a_summary_run(ws, store):
     assert {summary.data.tags[f"report.run.{a}"] for a in ARCHS} == set(runs.values())
     logged = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/metrics.json", "report/roc.png"} <= logged  # figures/*
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# report --log-only: the report in reports/ logged without rebuilding it, once
+
+
+def _summaries(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
+
+
+def _lock(ws: Workspace) -> None:
+    """A dvc.lock whose report stage records the current predictions and metrics.json, as `dvc repro` leaves it."""
+    files = [ws.report.metrics, *(ws.model(a).predictions for a in ARCHS)]
+    entries = [
+        {"path": p.relative_to(ws.root).as_posix(), "md5": hashlib.md5(p.read_bytes()).hexdigest()} for p in files
+    ]
+    ws.lock.write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"report": {"deps": entries[1:], "outs": entries[:1]}}})
+    )
+
+
+def test_log_only_logs_the_committed_report_once(reported, store):
+    """A fresh clone: new training runs, the report DVC kept; logged on the first call, skipped on the second."""
+    runs = _runs(reported, store)
+    _lock(reported)
+    before = snapshot(reported.report.dir)
+    summary = report.log_only(PARAMS, ws=reported)
+    assert snapshot(reported.report.dir) == before  # not rebuilt
+    client = MlflowClient(tracking_uri=store)
+    (logged,) = _summaries(store)
+    assert logged.info.run_id == summary
+    tags = logged.data.tags
+    assert tags[tracking.REPORT_DIGEST_TAG] == hashlib.md5(before["metrics.json"]).hexdigest()
+    assert {tags[f"report.run.{a}"] for a in ARCHS} == set(runs.values()) and tags["report.logged_by"] == "log-only"
+    assert {"report/report.md", "report/metrics.json"} <= {a.path for a in client.list_artifacts(summary, "report")}
+    names = {a.path for a in client.list_artifacts(runs["resnet50"], "report")}  # as the stage logs each arch's run
+    assert "report/sanity_resnet50.png" in names and "report/roc.png" in names and "report/training.png" not in names
+    assert "report/at_youden/auroc" in client.get_run(runs["densenet121"]).data.metrics
+    assert report.log_only(PARAMS, ws=reported) is None  # the second time: already there
+    assert len(_summaries(store)) == 1
+    # new trainings (a retrain) are not covered by that run: logged again
+    for arch in ARCHS:
+        run = client.create_run("1").info.run_id
+        tracking.write_run_ref(reported.model(arch).run_ref, run, store, "1")
+    assert report.log_only(PARAMS, ws=reported) is not None
+    assert len(_summaries(store)) == 2
+
+
+def test_log_only_after_the_report_stage_logs_nothing(ws, store):
+    _runs(ws, store)
+    report.run(PARAMS, ws=ws)
+    assert report.log_only(PARAMS, ws=ws) is None
+    assert len(_summaries(store)) == 1
+
+
+def test_log_only_without_a_report_or_its_runs_says_what_to_run(reported, store):
+    with pytest.raises(CxrError, match=r"missing input .*resnet50/mlflow_run\.json.*dvc repro train@resnet50"):
+        report.log_only(PARAMS, ws=reported)
+    _runs(reported, store)
+    _lock(reported)
+    reported.model("resnet50").predictions.write_text("split,image,patient,label,probability\n")  # retrained since
+    with pytest.raises(CxrError, match=r"predictions\.csv: not what .*dvc\.lock records for the report stage"):
+        report.log_only(PARAMS, ws=reported)
+    shutil.rmtree(reported.report.dir)
+    with pytest.raises(CxrError, match=r"report --log-only: missing input .*reports/metrics\.json.*dvc repro report"):
+        report.log_only(PARAMS, ws=reported)
+    (reported.root / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    result = cli("report", "--log-only", cwd=reported.root, env={"MLFLOW_TRACKING_URI": store})
+    printed = result.stderr.replace("\n", "")  # rich wraps the line
+    assert result.returncode == 2 and "reports/metrics.json" in printed and "Traceback" not in printed
+    assert _summaries(store) == []

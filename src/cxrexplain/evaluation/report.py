@@ -18,6 +18,7 @@ is generated from the measure registry: a new measure appears in the report with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -309,18 +310,80 @@ def publish(built: Path, reports: Path) -> None:
 
 
 def log_runs(
-    refs: Mapping[str, Mapping[str, str]], params: Params, files: ReportFiles, metrics: Mapping, made: Mapping[str, str]
-) -> None:
+    refs: Mapping[str, Mapping[str, str]],
+    params: Params,
+    files: ReportFiles,
+    metrics: Mapping,
+    made: Mapping[str, str],
+    tags: Mapping[str, str] | None = None,
+) -> str | None:
     """Each architecture's MLflow run gets its figures and report metrics; a summary run (in the store of the first
-    architecture's run) gets the report, tagged with the runs it covers."""
+    architecture's run) gets the report, tagged with the runs it covers, the MD5 of ``metrics.json``
+    (:func:`report_digest`) and ``tags``. Returns the summary run's id (None without runs)."""
     for arch, ref in refs.items():
         figures = [files.figures / name for name in arch_figures(made, arch)]
         tracking.log_artifacts(ref["run_id"], figures, "report", uri=ref["tracking_uri"])
         tracking.log_metrics(ref["run_id"], flat_metrics(metrics["archs"][arch]), uri=ref["tracking_uri"])
     if refs:
         uri = next(iter(refs.values()))["tracking_uri"]
-        summary = tracking.summary_run(params, {a: ref["run_id"] for a, ref in refs.items()}, uri=uri)
+        extra = {tracking.REPORT_DIGEST_TAG: report_digest(files), **(tags or {})}
+        summary = tracking.summary_run(params, {a: ref["run_id"] for a, ref in refs.items()}, uri=uri, extra=extra)
         tracking.log_artifacts(summary, [files.markdown, files.html, files.metrics, files.figures], "report", uri=uri)
+        return summary
+    return None
+
+
+def report_digest(files: ReportFiles) -> str:
+    """The MD5 of ``metrics.json``: what a report run is tagged with (:data:`cxrexplain.tracking.REPORT_DIGEST_TAG`)
+    and what DVC records for it in ``dvc.lock``."""
+    return hashlib.md5(files.metrics.read_bytes()).hexdigest()
+
+
+def published(ws: Workspace, archs: Sequence[str]) -> tuple[dict, dict[str, str]]:
+    """The report in ``ws.report`` as it is, to log without rebuilding it: ``metrics.json``'s content and its figures
+    (key -> file name, as :func:`build` returns them: a figure's key is its file's stem).
+
+    Checked first, each failure a :class:`CxrError` naming the file and what to run: the report's files are there
+    (``report.md``, ``report.html``, ``metrics.json``, the curves); ``metrics.json`` is JSON with a result for every
+    arch of ``archs``; and, in a DVC checkout (``dvc.lock`` present), it is the report of the current trainings:
+    ``dvc.lock`` records for the report stage the MD5 of this ``metrics.json`` and of each arch's current
+    ``predictions.csv``.
+    """
+    files, need = ws.report, "report --log-only"
+    curves = [files.figures / f"{key}.png" for key in CURVES]
+    ws.require([files.metrics, files.markdown, files.html, *curves], needed_by=need, made_by="report")
+    ws.require([ws.model(a).predictions for a in archs], needed_by=need, made_by="train")
+    try:
+        metrics = _json(files.metrics)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CxrError(f"{files.metrics}: not JSON; rebuild the report (dvc repro report)") from None
+    missing = [a for a in archs if a not in (metrics.get("archs") or {})]
+    if missing:
+        raise CxrError(
+            f"{files.metrics}: no results for {', '.join(missing)} of model.archs; rebuild it (dvc repro report)"
+        )
+    if ws.lock.is_file():
+        _check_locked(ws, [files.metrics, *(ws.model(a).predictions for a in archs)])
+    made = {png.stem: png.name for png in sorted(files.figures.glob("*.png"))}
+    return metrics, made
+
+
+def _check_locked(ws: Workspace, paths: Sequence[Path]) -> None:
+    """Each of ``paths`` has the MD5 ``dvc.lock`` records for it in the report stage (a dep or an out)."""
+    import yaml
+
+    try:
+        stage = (yaml.safe_load(ws.lock.read_text()) or {}).get("stages", {}).get("report") or {}
+    except yaml.YAMLError:
+        raise CxrError(f"{ws.lock}: not YAML; restore it (git checkout dvc.lock) or run dvc repro") from None
+    recorded = {entry.get("path"): entry.get("md5") for entry in [*stage.get("deps", []), *stage.get("outs", [])]}
+    for path in paths:
+        relative = Path(path).relative_to(ws.root).as_posix()
+        if recorded.get(relative) != hashlib.md5(Path(path).read_bytes()).hexdigest():
+            raise CxrError(
+                f"{path}: not what {ws.lock} records for the report stage, so reports/ is not the report of the "
+                "current trainings; run `dvc repro` (the report stage logs its report itself)"
+            )
 
 
 def arch_figures(made: Mapping[str, str], arch: str) -> list[str]:
