@@ -145,3 +145,163 @@ def test_require_run_names_the_missing_run_before_any_work(tmp_path, monkeypatch
     ref.write_text("<html>")
     with pytest.raises(CxrError, match="not a run reference"):
         tracking.require_run(ref)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trained model as an MLflow model: registered, loaded by alias, weights-only
+
+
+def _checkpoint(path: Path, arch: str = "resnet18", size: int = 32, seed: int = 0) -> Path:
+    """What training's best.ckpt holds for the loader (weights under ``model.``, the hyper-parameters), untrained."""
+    import torch
+
+    from cxrexplain.models.backbones import build_classifier
+
+    torch.manual_seed(seed)
+    net = build_classifier(arch, dropout=0.5)
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save(
+        {"epoch": 0, "state_dict": state, "hyper_parameters": {"arch": arch, "dropout": 0.5, "image_size": size}}, path
+    )
+    return path
+
+
+def _run(uri: str, source: str = "synthetic") -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cxrexplain", artifact_location=tracking.artifact_location(uri))
+    tags = {"git.commit": "0123456789abcdef0123456789abcdef01234567", "data.source": source, "arch": "resnet18"}
+    run = client.create_run(experiment, tags=tags).info.run_id
+    client.set_terminated(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A checkpoint logged and registered in an embedded store (once: read it, do not change it)."""
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    checkpoint = _checkpoint(folder / "best.ckpt")
+    run = _run(uri)
+    return uri, run, checkpoint, tracking.log_model(run, checkpoint, val_auroc=0.75, uri=uri)
+
+
+def test_the_champion_loads_by_alias_and_gives_the_checkpoints_probabilities(logged, monkeypatch):
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from cxrexplain.models.checkpoint import load_classifier
+
+    uri, run, checkpoint, (name, version, champion) = logged
+    assert (name, version, champion) == ("cxrexplain-resnet18", "1", True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}")
+    images = np.random.default_rng(0).standard_normal((5, 1, 32, 32)).astype(np.float32)
+    network, _ = load_classifier(checkpoint)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(torch.from_numpy(images))).numpy()
+    predicted = model.predict(images)
+    assert predicted.dtype == np.float32 and predicted.shape == (5,)
+    np.testing.assert_allclose(predicted, expected, atol=1e-6, rtol=0)
+    # the signature: one-channel float32 images of the training's size, one probability each; enforced
+    signature = model.metadata.signature
+    assert signature.inputs.to_dict() == [
+        {"name": "image", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 1, 32, 32)}}
+    ]
+    assert signature.outputs.to_dict() == [
+        {"name": "probability", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1,)}}
+    ]
+    for wrong in (np.zeros((2, 3, 32, 32), np.float32), np.zeros((2, 1, 64, 64), np.float32), images[:, 0]):
+        with pytest.raises(MlflowException, match="enforce schema"):
+            model.predict(wrong)
+    # the version says where it comes from; a synthetic one says so
+    client = MlflowClient(tracking_uri=uri)
+    registered = client.get_model_version(name, version)
+    assert registered.run_id == run and registered.source == f"runs:/{run}/model"
+    assert registered.tags["git.commit"].startswith("0123456") and registered.tags["data.source"] == "synthetic"
+    assert float(registered.tags[tracking.VAL_AUROC_TAG]) == 0.75
+    assert registered.description.startswith("SYNTHETIC DATA") and "(N, 1, 32, 32)" in registered.description
+
+
+def test_the_logged_model_is_weights_only_no_pickle(logged, monkeypatch):
+    """The MLmodel names a loader module (no pickled python_model), every file but the checkpoint is text, and
+    loading reads the checkpoint with ``torch.load(weights_only=True)`` only."""
+    import mlflow.pyfunc
+    import torch
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    uri, run, checkpoint, (name, version, _) = logged
+    local = Path(MlflowClient(tracking_uri=uri).download_artifacts(run, "model", str(checkpoint.parent / "down")))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "cxrexplain.tracking" and "python_model" not in flavor
+    assert flavor["data"] == "data/best.ckpt"
+    for path in local.rglob("*"):
+        if path.is_file() and path.name != "best.ckpt":
+            path.read_text(encoding="utf-8")  # text: no pickle, no archive
+    assert (local / "code" / "cxrexplain" / "tracking.py").is_file()  # the code it was trained with
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    assert loads == [True]
+
+
+def _version(client, name: str, run: str, auroc: float | str) -> str:
+    return client.create_model_version(
+        name, f"runs:/{run}/model", run, tags={tracking.VAL_AUROC_TAG: str(auroc)}
+    ).version
+
+
+def test_the_champion_moves_to_a_better_val_auroc_and_stays_on_a_tie_or_a_worse_one(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, run, name = MlflowClient(tracking_uri=uri), _run(uri), "cxrexplain-resnet18"
+    client.create_registered_model(name)
+    assert tracking.elect_champion(name, uri=uri) is None  # no version yet
+    steps = [(0.70, "1"), (0.90, "2"), (0.80, "2"), (0.90, "2"), ("nan", "2"), (0.95, "6")]
+    for auroc, champion in steps:
+        _version(client, name, run, auroc)
+        assert tracking.elect_champion(name, uri=uri) == champion, auroc
+        assert str(client.get_model_version_by_alias(name, tracking.CHAMPION).version) == champion
+
+
+def test_a_first_version_without_a_val_auroc_is_still_the_champion(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, run, name = MlflowClient(tracking_uri=uri), _run(uri), "cxrexplain-resnet18"
+    client.create_registered_model(name)
+    _version(client, name, run, "nan")  # one class in val: AUROC undefined
+    assert tracking.elect_champion(name, uri=uri) == "1"
+    _version(client, name, run, 0.6)
+    assert tracking.elect_champion(name, uri=uri) == "2"
+
+
+def test_a_store_that_fails_while_logging_the_model_is_a_clear_error(tmp_path, monkeypatch):
+    for key in tracking.HTTP_RETRY_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    tracking.bound_retries()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DyingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(CxrError) as info:
+            tracking.log_model("f" * 32, _checkpoint(tmp_path / "best.ckpt"), val_auroc=0.8, uri=uri)
+    finally:
+        server.shutdown()
+    message = str(info.value)
+    assert "f" * 32 in message and "cxrexplain-resnet18" in message and uri in message
+    assert "cxrexplain train --arch resnet18 --resume" in message

@@ -64,7 +64,14 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
 
 def test_root_moves_every_path(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    for path in (ws.raw, ws.cache.images, ws.split, ws.model("x", 1).last, ws.explain("x", 1).per_image, ws.report.html):
+    for path in (
+        ws.raw,
+        ws.cache.images,
+        ws.split,
+        ws.model("x", 1).last,
+        ws.explain("x", 1).per_image,
+        ws.report.html,
+    ):
         assert path.is_relative_to(tmp_path)
     assert ws.stage_metrics("explain", "x", 7) == tmp_path / "metrics" / "explain" / "x" / "seed7.json"
     assert ws.explain("x", 7).gallery("gradcam") == tmp_path / "explain" / "x" / "seed7" / "gallery_gradcam.png"

@@ -157,11 +157,23 @@ def consistency(seed: SeedOption = None, path: ParamsOption = PARAMS_FILE) -> No
 
 
 @app.command()
-def report(path: ParamsOption = PARAMS_FILE) -> None:
+def report(
+    path: ParamsOption = PARAMS_FILE,
+    log_only: Annotated[
+        bool,
+        typer.Option(
+            "--log-only",
+            help="log the existing reports/ to MLflow without rebuilding it, unless the store already has it",
+        ),
+    ] = False,
+) -> None:
     """Stage report: metrics with intervals, the study beside this run, figures, explanations (reports/)."""
     from cxrexplain.stages import report as stage
 
-    stage.run(load_params(path))
+    if log_only:
+        stage.log_only(load_params(path))
+    else:
+        stage.run(load_params(path))
 
 
 @app.command()

@@ -8,6 +8,7 @@ instead. An unreachable server fails fast, before any training.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -21,6 +22,8 @@ import requests
 
 from cxrexplain.errors import CxrError
 from cxrexplain.io import write_json
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = Path("mlartifacts")
@@ -274,13 +277,22 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = Non
         client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def summary_run(params: Any, arch_runs: Mapping[str, Mapping[int, str]], uri: str | None = None) -> str:
+REPORT_DIGEST_TAG = "report.metrics_md5"  # a report run's tag: the MD5 of the reports/metrics.json it logged
+
+
+def summary_run(
+    params: Any,
+    arch_runs: Mapping[str, Mapping[int, str]],
+    uri: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> str:
     """Create the report's run: named ``report @ <commit7>``, tagged with the training runs it summarises
     (``arch_runs``: arch → training seed → run id).
 
     Tags ``report.run.<arch>`` hold the primary seed's run ids and ``report.run.<arch>.seed<s>`` every seed's (the
     UI links them by search: ``tags.report.run.resnet50 = '…'``), so a report can always be traced to the trained
-    models it describes; ``seeds`` lists the training seeds. Returns the new run's id.
+    models it describes; ``seeds`` lists the training seeds; ``extra`` tags are added (the report's
+    :data:`REPORT_DIGEST_TAG`, which :func:`find_summary_run` looks for). Returns the new run's id.
     """
     from mlflow.tracking import MlflowClient
 
@@ -301,13 +313,35 @@ def summary_run(params: Any, arch_runs: Mapping[str, Mapping[int, str]], uri: st
         "data.source": source,
         "seeds": ",".join(str(seed) for seed in params.seeds),
         **{f"report.run.{arch}": runs[params.seeds[0]] for arch, runs in arch_runs.items()},
-        **{f"report.run.{arch}.seed{seed}": run_id for arch, runs in arch_runs.items() for seed, run_id in runs.items()},
+        **{
+            f"report.run.{arch}.seed{seed}": run_id for arch, runs in arch_runs.items() for seed, run_id in runs.items()
+        },
+        **(extra or {}),
     }
     if source == "synthetic":
         tags["data.notice"] = SYNTHETIC_NOTICE
     run = client.create_run(experiment_id, tags=tags)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def find_summary_run(arch_runs: Mapping[str, Mapping[int, str]], digest: str, uri: str | None = None) -> str | None:
+    """The id of a report run (not deleted) that logged the report whose ``metrics.json`` has MD5 ``digest`` for
+    exactly the training runs ``arch_runs`` (arch -> training seed -> run id), or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    clauses = ["tags.`dvc.stage` = 'report'", f"tags.`{REPORT_DIGEST_TAG}` = '{digest}'"]
+    clauses += [
+        f"tags.`report.run.{arch}.seed{seed}` = '{run_id}'"
+        for arch, runs in arch_runs.items()
+        for seed, run_id in runs.items()
+    ]
+    found = client.search_runs([experiment.experiment_id], " and ".join(clauses), max_results=1)
+    return found[0].info.run_id if found else None
 
 
 COMPARE_METRICS = {
@@ -350,3 +384,211 @@ def recent_runs(experiment: str = EXPERIMENT, last: int = 20, uri: str | None = 
         row.update({label: metrics.get(key, float("nan")) for key, label in COMPARE_METRICS.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trained model as an MLflow model, registered
+
+
+MODEL_ARTIFACT = "model"  # the run's artifact folder holding the MLflow model (``runs:/<run>/model``)
+CHAMPION = "champion"  # the alias of the registered version with the highest val AUROC
+VAL_AUROC_TAG = "val_auroc"  # a model version's tag: the best epoch's val AUROC, what the champion is chosen by
+INPUT_NAME = "image"  # the signature's input tensor
+CHECKPOINT_FILE = "best.ckpt"  # the checkpoint inside the MLflow model's ``data/`` folder
+MODEL_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "requests")  # what the loader imports
+RUN_TAGS_ON_VERSIONS = ("git.commit", "git.dirty", "data.source", "data.notice", "arch")
+
+
+def registered_model(arch: str, source: str = "nih", negatives: str = "no_finding") -> str:
+    """The registered model every training of ``arch`` on ``source`` data for the task ``negatives`` adds a version to:
+    ``cxrexplain-<arch>`` (real NIH data, the study's task), with ``-synthetic`` on the synthetic mirror and
+    ``-onevsrest`` for ``sample.negatives: all_others``. One registered model (and one ``champion``) per data source and
+    task, so that a synthetic 0.999 val AUROC never outranks a real one, nor an easier task a harder one."""
+    suffix = ("-synthetic" if source == "synthetic" else "") + ("-onevsrest" if negatives == "all_others" else "")
+    return f"cxrexplain-{arch}{suffix}"
+
+
+class PneumoniaProbability:
+    """What ``mlflow.pyfunc.load_model("models:/cxrexplain-<arch>@champion")`` wraps: the probability of Pneumonia.
+
+    ``predict`` takes a float32 batch of shape ``(N, 1, S, S)`` (one channel: the models are grayscale; ``S`` the
+    training's ``train.image_size``) preprocessed as the evaluation transform does
+    (:func:`cxrexplain.data.transforms.eval_transform`): the 8-bit grayscale image resized to ``S`` × ``S``, then
+    ``(pixel / 255 - 0.449) / 0.226``. It returns a float32 array of shape ``(N,)``: ``sigmoid(logit)``, the network
+    in eval mode on the CPU, in batches of :attr:`batch` images.
+    """
+
+    batch = 64
+
+    def __init__(self, classifier: Any, image_size: int) -> None:
+        self.classifier, self.image_size = classifier, image_size
+
+    def predict(self, data: Any, params: Mapping[str, Any] | None = None) -> Any:
+        import numpy as np
+        import torch
+
+        if isinstance(data, Mapping):  # MLflow passes a named tensor input as {name: array}
+            data = data[INPUT_NAME]
+        images = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32))
+        with torch.no_grad():
+            chunks = [
+                torch.sigmoid(self.classifier(images[i : i + self.batch]).float())
+                for i in range(0, len(images), self.batch)
+            ]
+        return (torch.cat(chunks) if chunks else torch.empty(0)).numpy()
+
+
+def _load_pyfunc(data_path: str) -> PneumoniaProbability:
+    """MLflow's loader (``loader_module: cxrexplain.tracking`` in the model's ``MLmodel``): the checkpoint in the
+    model's ``data/`` folder, read weights-only into an empty network of its own arch
+    (:func:`cxrexplain.models.checkpoint.load_classifier`): nothing of the model is unpickled."""
+    from cxrexplain.models.checkpoint import load_classifier
+
+    path = Path(data_path)
+    classifier, hparams = load_classifier(path / CHECKPOINT_FILE if path.is_dir() else path, "cpu")
+    return PneumoniaProbability(classifier, int(hparams["image_size"]))
+
+
+def model_signature(image_size: int):  # -> mlflow.models.ModelSignature
+    """Input ``image``: float32 ``(-1, 1, image_size, image_size)``; output ``probability``: float32 ``(-1,)``."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size), INPUT_NAME)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "probability")]),
+    )
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements written with the model (never inferred: inferring loads the model in a subprocess):
+    what :func:`_load_pyfunc` imports, pinned to this environment's versions (without a local ``+cpu`` label)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
+def _package_code(folder: Path) -> Path:
+    """A copy of the ``cxrexplain`` package's Python files under ``folder``: the model's ``code/`` (MLflow puts it
+    first on ``sys.path`` when it loads the model in a new process, so a registered version runs the code it was
+    trained with)."""
+    import shutil
+
+    source = Path(__file__).resolve().parent
+    return Path(shutil.copytree(source, folder / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+
+
+def log_model(run_id: str, checkpoint: Path, *, val_auroc: float, uri: str | None = None) -> tuple[str, str, bool]:
+    """Log ``checkpoint`` as an MLflow model into run ``run_id`` and register it; returns (name, version, champion).
+
+    The model (artifact ``model/`` of the run) is MLflow's pyfunc flavour with this module as its loader
+    (:func:`_load_pyfunc`), the checkpoint as its data, the package as its code, :func:`model_signature` for the
+    checkpoint's image size, one black image as input example and :func:`model_requirements`: no pickle, no
+    inference of requirements. It is registered as a new version of :func:`registered_model` tagged with the run's
+    commit and data source (:data:`RUN_TAGS_ON_VERSIONS`) and ``val_auroc``, a synthetic-data version saying so in
+    its description. Then :func:`elect_champion` moves the alias ``champion``.
+
+    Any failure of the store (an unreachable server, a refused request, a full disk) is a :class:`CxrError` naming
+    the run and the registered model, and saying how to log it again: the caller has written the training's outputs
+    before, and a resume of the finished training (``--resume``) trains nothing more and calls this again. A failure
+    after the version was created (moving the alias) leaves that version registered; the retry adds another.
+    """
+    import tempfile
+
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from cxrexplain.models.checkpoint import read_checkpoint
+
+    uri = uri or tracking_uri()
+    hparams = read_checkpoint(checkpoint)["hyper_parameters"]
+    arch, size = str(hparams["arch"]), int(hparams["image_size"])
+    name = registered_model(arch)
+    try:
+        import mlflow.pyfunc
+
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        run = client.get_run(run_id)
+        name = registered_model(
+            arch, run.data.tags.get("data.source", "nih"), run.data.params.get("sample.negatives", "no_finding")
+        )
+        tags = {k: v for k, v in run.data.tags.items() if k in RUN_TAGS_ON_VERSIONS}
+        tags[VAL_AUROC_TAG] = repr(float(val_auroc))
+        with tempfile.TemporaryDirectory(prefix="cxrexplain-model-") as scratch:
+            folder = Path(scratch) / MODEL_ARTIFACT
+            mlflow.pyfunc.save_model(
+                str(folder),
+                loader_module=__name__,
+                data_path=str(checkpoint),
+                code_paths=[str(_package_code(Path(scratch) / "code"))],
+                signature=model_signature(size),
+                input_example=np.zeros((1, 1, size, size), np.float32),
+                pip_requirements=model_requirements(),
+            )
+            client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT)
+        try:
+            client.create_registered_model(
+                name,
+                description=f"cxrexplain's {arch}: P(Pneumonia) of a one-channel image batch. Alias {CHAMPION}: the "
+                f"version with the highest val AUROC ({VAL_AUROC_TAG} tag).",
+            )
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        description = (
+            f"{arch} from run {run_id} (commit {tags.get('git.commit', 'unknown')[:7]}), "
+            f"{tags.get('data.source', 'unknown')} data, val AUROC {float(val_auroc):.4f}. Input: float32 "
+            f"(N, 1, {size}, {size}), grayscale, (pixel/255 - 0.449)/0.226; output: P(Pneumonia), shape (N,)."
+        )
+        if tags.get("data.source") == "synthetic":
+            description = f"SYNTHETIC DATA ({SYNTHETIC_NOTICE}). {description}"
+        version = client.create_model_version(
+            name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags, description=description
+        ).version
+        champion = elect_champion(name, uri=uri) == str(version)
+    except (MlflowException, OSError, requests.RequestException) as error:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise CxrError(
+            f"MLflow run {run_id}: logging or registering the model {name} in {uri} failed "
+            f"({type(error).__name__}: {first}); the training's outputs are all written: once the store works, "
+            f"`cxrexplain train --arch {arch} --resume` logs the model without training again"
+        ) from None
+    log.info("%s version %s registered%s", name, version, f" (alias {CHAMPION})" if champion else "")
+    return name, str(version), champion
+
+
+def elect_champion(name: str, uri: str | None = None) -> str | None:
+    """Point the alias ``champion`` of registered model ``name`` at its version with the highest ``val_auroc`` tag.
+
+    A tie with the current champion keeps it; among other versions with equal scores the newest wins; a version
+    without a finite ``val_auroc`` (NaN: one class in val) ranks below all others. Returns the champion's version
+    (None when the model has no version).
+    """
+    import math
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri(), registry_uri=uri or tracking_uri())
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return None
+
+    def score(version: Any) -> float:
+        try:
+            value = float(version.tags.get(VAL_AUROC_TAG, "nan"))
+        except ValueError:
+            value = math.nan
+        return value if math.isfinite(value) else -math.inf
+
+    best = max(versions, key=lambda v: (score(v), int(v.version)))
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        current = None
+    if current is not None and score(current) >= score(best):
+        return str(current.version)
+    client.set_registered_model_alias(name, CHAMPION, best.version)
+    return str(best.version)

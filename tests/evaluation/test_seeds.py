@@ -42,10 +42,16 @@ def test_spread_by_hand_and_its_edge_cases():
 
 def test_seed_table_reads_predictions_and_gradcam_means():
     frame = pd.DataFrame(
-        {"split": ["val", "test", "test", "test", "test"], "label": [1, 0, 1, 1, 0], "probability": [0.9, 0.2, 0.8, 0.4, 0.6]}
+        {
+            "split": ["val", "test", "test", "test", "test"],
+            "label": [1, 0, 1, 1, 0],
+            "probability": [0.9, 0.2, 0.8, 0.4, 0.6],
+        }
     )
     explained = {"methods": {"gradcam": {"pointing": {"mean": 0.5, "low": 0.4}, "sanity": {"passes": True}}}}
-    table = seeds.seed_table({42: frame, 43: frame.assign(probability=1 - frame["probability"])}, {42: explained, 43: {}})
+    table = seeds.seed_table(
+        {42: frame, 43: frame.assign(probability=1 - frame["probability"])}, {42: explained, 43: {}}
+    )
     assert list(table.index) == [42, 43] and table.index.name == "seed"
     # seed 42, test rows (0, .2) (1, .8) (1, .4) (0, .6) at 0.5: TP 1, FN 1, TN 1, FP 1; AUROC 3/4 (pairs ranked right)
     assert table.loc[42, ["accuracy", "precision", "recall", "auroc"]].tolist() == [0.5, 0.5, 0.5, 0.75]

@@ -192,7 +192,9 @@ def test_explain_image_cli_writes_an_overlay(project, tmp_path):
 
 def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
     write_tiny_dataset(tmp_path / "data")
-    with pytest.raises(CxrError, match=r"explain@resnet18-42: missing input .*best.ckpt.*run `dvc repro train@resnet18-42`"):
+    with pytest.raises(
+        CxrError, match=r"explain@resnet18-42: missing input .*best.ckpt.*run `dvc repro train@resnet18-42`"
+    ):
         explain.run(validate(PARAMS), "resnet18", ws=Workspace(tmp_path), log_to_mlflow=False)
 
 
@@ -283,7 +285,9 @@ def test_a_kill_while_writing_leaves_the_old_complete_outputs(project, tmp_path)
     (part,) = out.dir.parent.glob(".seed42.*.part")  # the new one, killed half-written, under a name no one reads
     assert {"per_image.csv", "summary.csv", "maps.npz"} <= {p.name for p in part.iterdir()}
     assert not (part / "gallery_gradcam.png").exists()
-    Workspace.require(out.complete, needed_by="consistency", made_by="explain@resnet18-42")  # a reader finds it complete
+    Workspace.require(
+        out.complete, needed_by="consistency", made_by="explain@resnet18-42"
+    )  # a reader finds it complete
     assert len(read_pneumonia_maps(out.maps, made_by="explain@resnet18-42").images) == 12
 
 

@@ -5,6 +5,7 @@ their formats, with made-up values: the report's content on real outputs is test
 and tests/test_pipeline.py.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -23,6 +25,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import figures
 from cxrexplain.stages import report
 from cxrexplain.workspace import Workspace
+from inprocess import cli
 
 PARAMS = validate({"report": {"bootstrap": 50}})
 ARCHS = PARAMS.model.archs  # the report covers model.archs
@@ -317,8 +320,9 @@ def test_the_seed_spread_gives_every_seed_its_mean_sd_and_t_interval(made):
     assert pointing["values"] == pytest.approx([0.50, 0.51, 0.52]) and pointing["sd"] == pytest.approx(0.01)
     markdown = ws.report.markdown.read_text()
     assert "## Seed spread: what retraining changes" in markdown
-    assert "| metric | seed 42 | seed 43 | seed 44 | mean ± sd | 95 % t-interval (seeds) | 95 % bootstrap (primary) |" in (
-        markdown
+    assert (
+        "| metric | seed 42 | seed 43 | seed 44 | mean ± sd | 95 % t-interval (seeds) | 95 % bootstrap (primary) |"
+        in (markdown)
     )
     assert "| gradcam/pointing | 0.500 | 0.510 | 0.520 | 0.510 ± 0.010 | 0.485 to 0.535 | 0.400 to 0.600 |" in markdown
     assert "t(0.975, 2) = 4.30" in markdown
@@ -332,3 +336,66 @@ def test_one_training_seed_says_that_no_spread_can_be_estimated(tmp_path):
     auroc = metrics["seeds"]["densenet121"]["metrics"]["auroc"]
     assert auroc["n"] == 1 and np.isnan(auroc["sd"]) and np.isnan(auroc["low"])
     assert "One training seed (7): no seed spread can be estimated" in ws.report.markdown.read_text()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# report --log-only: the report in reports/ logged without rebuilding it, once
+
+
+def _summaries(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs(["1"], filter_string="tags.`dvc.stage` = 'report'")
+
+
+def test_log_only_logs_the_committed_report_once(reported, store):
+    """A fresh clone: new training runs, the report DVC kept; logged on the first call, skipped on the second."""
+    runs = _runs(reported, store)
+    before = snapshot(reported.report.dir)
+    summary = report.log_only(PARAMS, ws=reported)
+    assert snapshot(reported.report.dir) == before  # not rebuilt
+    client = MlflowClient(tracking_uri=store)
+    (logged,) = _summaries(store)
+    assert logged.info.run_id == summary
+    tags = logged.data.tags
+    assert tags[tracking.REPORT_DIGEST_TAG] == hashlib.md5(before["metrics.json"]).hexdigest()
+    assert {tags[f"report.run.{a}"] for a in ARCHS} == {runs[a][42] for a in ARCHS}
+    assert tags["report.run.densenet121.seed44"] == runs["densenet121"][44] and tags["report.logged_by"] == "log-only"
+    assert {"report/report.md", "report/metrics.json"} <= {a.path for a in client.list_artifacts(summary, "report")}
+    names = {a.path for a in client.list_artifacts(runs["resnet50"][42], "report")}  # as the stage logs each arch's run
+    assert "report/sanity_resnet50.png" in names and "report/roc.png" in names and "report/training.png" not in names
+    assert "report/at_youden/auroc" in client.get_run(runs["densenet121"][42]).data.metrics
+    assert report.log_only(PARAMS, ws=reported) is None  # the second time: already there
+    assert len(_summaries(store)) == 1
+    # a new training (a retrain of one seed) is not covered by that run: logged again
+    run = client.create_run("1").info.run_id
+    tracking.write_run_ref(reported.model("resnet50", 43).run_ref, run, store, "1")
+    assert report.log_only(PARAMS, ws=reported) is not None
+    assert len(_summaries(store)) == 2
+
+
+def test_log_only_after_the_report_stage_logs_nothing(ws, store):
+    _runs(ws, store)
+    report.run(PARAMS, ws=ws)
+    assert report.log_only(PARAMS, ws=ws) is None
+    assert len(_summaries(store)) == 1
+
+
+def test_log_only_without_a_report_or_its_runs_says_what_to_run(reported, store):
+    with pytest.raises(
+        CxrError, match=r"missing input .*resnet50/seed42/mlflow_run\.json.*dvc repro train@resnet50-42"
+    ):
+        report.log_only(PARAMS, ws=reported)
+    _runs(reported, store)
+    retrained = reported.model("resnet50", 43).predictions  # one seed retrained since the report was made
+    frame = pd.read_csv(retrained)
+    frame.assign(probability=1 - frame["probability"]).to_csv(retrained, index=False)
+    with pytest.raises(CxrError, match=r"its resnet50 seed 43 test metrics differ from those of .*seed43/predictions"):
+        report.log_only(PARAMS, ws=reported)
+    shutil.rmtree(reported.report.dir)
+    with pytest.raises(CxrError, match=r"report --log-only: missing input .*reports/metrics\.json.*dvc repro report"):
+        report.log_only(PARAMS, ws=reported)
+    (reported.root / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    result = cli("report", "--log-only", cwd=reported.root, env={"MLFLOW_TRACKING_URI": store})
+    printed = result.stderr.replace("\n", "")  # rich wraps the line
+    assert result.returncode == 2 and "reports/metrics.json" in printed and "Traceback" not in printed
+    assert _summaries(store) == []

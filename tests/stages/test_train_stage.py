@@ -92,13 +92,17 @@ def assert_same_training(a: Path, b: Path, arch: str = "resnet18") -> None:
         for key, tensor in first["state_dict"].items():
             assert torch.equal(tensor, second["state_dict"][key]), f"{name}: {key}"
         assert first["history"] == second["history"]
-    first, second = (read_checkpoint(root / "models" / arch / "seed42" / "last.ckpt") for root in (a, b))  # the best has none
+    first, second = (
+        read_checkpoint(root / "models" / arch / "seed42" / "last.ckpt") for root in (a, b)
+    )  # the best has none
     for x, y in zip(
         first["optimizer_states"][0]["state"].values(), second["optimizer_states"][0]["state"].values(), strict=True
     ):
         assert all(torch.equal(x[k], y[k]) for k in x)
     for name in ("history.csv", "predictions.csv"):
-        assert (a / "models" / arch / "seed42" / name).read_bytes() == (b / "models" / arch / "seed42" / name).read_bytes(), name
+        assert (a / "models" / arch / "seed42" / name).read_bytes() == (
+            b / "models" / arch / "seed42" / name
+        ).read_bytes(), name
     metrics = [(root / "metrics" / "train" / arch / "seed42.json").read_text() for root in (a, b)]
     assert metrics[0] == metrics[1]
 
@@ -160,6 +164,38 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     assert {"train/best.ckpt", "train/predictions.csv", "train/seed42.json"} <= artifacts
+    # the best checkpoint as an MLflow model, registered, the champion of a first training
+    version = client.get_model_version_by_alias("cxrexplain-resnet18", tracking.CHAMPION)
+    assert version.run_id == run.info.run_id and version.source == f"runs:/{run.info.run_id}/model"
+    assert float(version.tags[tracking.VAL_AUROC_TAG]) == metrics["val"]["auroc"]
+    assert version.tags["git.commit"] == run.data.tags["git.commit"] and version.tags["data.source"] == "nih"
+
+
+def test_a_model_that_fails_to_register_keeps_the_training_and_a_resume_registers_it(project, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise CxrError("the registry refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "log_model", refuse)
+        with pytest.raises(CxrError, match="the registry refused"):
+            run_in_process(project, max_epochs=1)
+    out = project / "models" / "resnet18" / "seed42"
+    assert {p.name for p in out.iterdir()} == {
+        "best.ckpt",
+        "last.ckpt",
+        "predictions.csv",
+        "history.csv",
+        "mlflow_run.json",
+    }
+    assert (project / "metrics" / "train" / "resnet18" / "seed42.json").is_file()
+    weights = out.joinpath("best.ckpt").read_bytes()
+    run_in_process(project, resume=True, max_epochs=1)  # trains nothing more: registers the model
+    assert out.joinpath("best.ckpt").read_bytes() == weights
+    ref = json.loads((out / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=ref["tracking_uri"])
+    (version,) = client.search_model_versions("name = 'cxrexplain-resnet18'")
+    assert version.run_id == ref["run_id"]
+    assert client.get_model_version_by_alias("cxrexplain-resnet18", tracking.CHAMPION).version == version.version
 
 
 def test_same_params_and_seed_give_the_same_bytes_in_any_folder(project):
@@ -405,6 +441,19 @@ def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypa
     assert "val/auroc" in run.data.metrics
     local = client.download_artifacts(run.info.run_id, "train/best.ckpt", str(tmp_path / "down"))
     assert Path(local).stat().st_size == (tmp_path / "models" / "resnet18" / "seed42" / "best.ckpt").stat().st_size
+    # the registered model through the server: loaded by alias, it gives the training's val probabilities
+    import mlflow.pyfunc
+
+    from cxrexplain.data.datamodule import CxrDataModule
+
+    versions = client.search_model_versions(f"name = 'cxrexplain-resnet18' and run_id = '{run.info.run_id}'")
+    assert len(versions) == 1
+    model = mlflow.pyfunc.load_model(f"models:/cxrexplain-resnet18/{versions[0].version}")
+    val = CxrDataModule(tmp_path / "data" / "cache", tmp_path / "data" / "split.csv", image_size=32).dataset("val")
+    images = torch.stack([val[i]["image"] for i in range(len(val))]).numpy()
+    predictions = pd.read_csv(tmp_path / "models" / "resnet18" / "seed42" / "predictions.csv")
+    expected = predictions[predictions["split"] == "val"]["probability"].to_numpy()
+    assert model.predict(images) == pytest.approx(expected, abs=1e-6)
 
 
 def test_each_training_seed_has_its_own_folder_weights_and_run(project):

@@ -22,6 +22,7 @@ is generated from the measure registry: a new measure appears in the report with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -344,10 +345,13 @@ def log_runs(
     files: ReportFiles,
     metrics: Mapping,
     made: Mapping[str, str],
-) -> None:
+    tags: Mapping[str, str] | None = None,
+) -> str | None:
     """Each architecture's primary-seed MLflow run gets its figures and report metrics, every other seed's run its own
     test metrics at 0.5 (``report/at_0.5/<metric>``, from the seed spread); a summary run (in the store of the first
-    architecture's run) gets the report, tagged with the runs it covers. ``refs``: arch → seed → run reference."""
+    architecture's run) gets the report, tagged with the runs it covers, the MD5 of ``metrics.json``
+    (:func:`report_digest`) and ``tags``. ``refs``: arch → seed → run reference. Returns the summary run's id (None
+    without runs)."""
     primary = params.primary_seed
     for arch, by_seed in refs.items():
         ref = by_seed[primary]
@@ -367,8 +371,65 @@ def log_runs(
     if refs:
         uri = next(iter(refs.values()))[primary]["tracking_uri"]
         runs = {arch: {seed: ref["run_id"] for seed, ref in by_seed.items()} for arch, by_seed in refs.items()}
-        summary = tracking.summary_run(params, runs, uri=uri)
+        extra = {tracking.REPORT_DIGEST_TAG: report_digest(files), **(tags or {})}
+        summary = tracking.summary_run(params, runs, uri=uri, extra=extra)
         tracking.log_artifacts(summary, [files.markdown, files.html, files.metrics, files.figures], "report", uri=uri)
+        return summary
+    return None
+
+
+def report_digest(files: ReportFiles) -> str:
+    """The MD5 of ``metrics.json``: what a report run is tagged with (:data:`cxrexplain.tracking.REPORT_DIGEST_TAG`)
+    and what DVC records for it in ``dvc.lock``."""
+    return hashlib.md5(files.metrics.read_bytes()).hexdigest()
+
+
+def published(ws: Workspace, archs: Sequence[str], seeds: Sequence[int]) -> tuple[dict, dict[str, str]]:
+    """The report in ``ws.report`` as it is, to log without rebuilding it: ``metrics.json``'s content and its figures
+    (key -> file name, as :func:`build` returns them: a figure's key is its file's stem).
+
+    Checked first, each failure a :class:`CxrError` naming the file and what to run: the report's files are there
+    (``report.md``, ``report.html``, ``metrics.json``, the curves); ``metrics.json`` is JSON with a result and a seed
+    spread for every arch of ``archs`` over exactly ``seeds``; and it is the report of the current trainings: every
+    seed's test metrics at 0.5, recomputed from its ``predictions.csv`` now, equal the values the report recorded (a
+    report of older trainings would otherwise be logged into the new trainings' runs).
+    """
+    files, need = ws.report, "report --log-only"
+    curves = [files.figures / f"{key}.png" for key in CURVES]
+    ws.require([files.metrics, files.markdown, files.html, *curves], needed_by=need, made_by="report")
+    for a in archs:
+        for s in seeds:
+            ws.require([ws.model(a, s).predictions], needed_by=need, made_by=stage_name("train", a, s))
+    try:
+        metrics = _json(files.metrics)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CxrError(f"{files.metrics}: not JSON; rebuild the report (dvc repro report)") from None
+    spreads = metrics.get("seeds") or {}
+    missing = [a for a in archs if a not in (metrics.get("archs") or {}) or a not in spreads]
+    if missing or any(spreads[a].get("seeds") != list(seeds) for a in archs):
+        raise CxrError(
+            f"{files.metrics}: not a report of model.archs ({', '.join(archs)}) with the training seeds "
+            f"{', '.join(map(str, seeds))}; rebuild it (dvc repro report)"
+        )
+    for a in archs:
+        for k, s in enumerate(seeds):
+            now = seed_spread.test_metrics(pd.read_csv(ws.model(a, s).predictions))
+            recorded = {m: spreads[a]["metrics"][m]["values"][k] for m in now if m in spreads[a]["metrics"]}
+            if any(not _same(now[m], v) for m, v in recorded.items()) or len(recorded) != len(now):
+                raise CxrError(
+                    f"{files.metrics}: its {a} seed {s} test metrics differ from those of "
+                    f"{ws.model(a, s).predictions}, so reports/ is not the report of the current trainings; run "
+                    "`dvc repro` (the report stage logs its report itself)"
+                )
+    made = {png.stem: png.name for png in sorted(files.figures.glob("*.png"))}
+    return metrics, made
+
+
+def _same(a: float, b: float | None) -> bool:
+    """Equal to 1e-12, NaN equal to NaN (an undefined metric), as ``metrics.json`` round-trips floats."""
+    if b is None:
+        return False
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-12
 
 
 def arch_figures(made: Mapping[str, str], arch: str) -> list[str]:
@@ -500,7 +561,9 @@ def document(
 def seed_spread_of(runs: Mapping[int, SeedRun]) -> dict:
     """One architecture's seed spread for ``metrics.json``: the seeds, per metric the per-seed values, mean, sd and
     t-interval (:func:`cxrexplain.evaluation.seeds.summarise`)."""
-    table = seed_spread.seed_table({s: r.predictions for s, r in runs.items()}, {s: r.explained for s, r in runs.items()})
+    table = seed_spread.seed_table(
+        {s: r.predictions for s, r in runs.items()}, {s: r.explained for s, r in runs.items()}
+    )
     return {"seeds": [int(s) for s in runs], "metrics": seed_spread.summarise(table)}
 
 
@@ -556,7 +619,13 @@ def seed_section(
             )
         doc.heading(arch, 3)
         doc.table(
-            ["metric", *(f"seed {s}" for s in seeds), "mean ± sd", "95 % t-interval (seeds)", "95 % bootstrap (primary)"],
+            [
+                "metric",
+                *(f"seed {s}" for s in seeds),
+                "mean ± sd",
+                "95 % t-interval (seeds)",
+                "95 % bootstrap (primary)",
+            ],
             rows,
         )
 

@@ -85,4 +85,13 @@ def summarise(table: pd.DataFrame) -> dict[str, dict]:
     return {column: spread(table[column].tolist()) for column in table.columns}
 
 
-__all__ = ["CLASSIFICATION", "METHOD", "method_means", "seed_table", "spread", "summarise", "t_quantile", "test_metrics"]
+__all__ = [
+    "CLASSIFICATION",
+    "METHOD",
+    "method_means",
+    "seed_table",
+    "spread",
+    "summarise",
+    "t_quantile",
+    "test_metrics",
+]

@@ -409,13 +409,16 @@ def fit(training: Training) -> Result | None:
 
 def save(result: Result, files: ModelFiles, metrics_file: Path) -> None:
     """Write ``result`` (predictions, history into ``files``; the metrics into ``metrics_file``, each atomically) and
-    log them with the best checkpoint to the run, under ``train/``."""
+    log them with the best checkpoint to the run, under ``train/``; then log the best checkpoint as an MLflow model
+    and register it (:func:`cxrexplain.tracking.log_model`), last: if that fails (a CxrError), every output is
+    written, and a resume (``--resume``) logs the model without training again."""
     write_csv(files.predictions, result.predictions)
     write_csv(files.history, result.history)
     write_json(metrics_file, result.metrics)
     tracking.log_artifacts(
         result.run_id, [files.best, files.predictions, files.history, metrics_file], "train", uri=result.uri
     )
+    tracking.log_model(result.run_id, files.best, val_auroc=result.metrics["val"]["auroc"], uri=result.uri)
 
 
 def _best_epoch(training: Training) -> Result:

@@ -1,8 +1,9 @@
 """Stage consistency: do the two architectures' (``model.archs``) CAMs of the same images agree?
 
-Reads ``ws.explain(arch, seed).maps`` of both architectures' primary-seed models (``params.seeds[0]``) (raw Pneumonia CAMs at feature resolution; maps of any other
-class are refused, see :mod:`cxrexplain.explain.agreement`); writes ``ws.consistency`` (per method and image) and
-``ws.consistency_metrics`` (means with patient-clustered 95 % bootstrap intervals). No model is loaded.
+Reads ``ws.explain(arch, seed).maps`` of both architectures' primary-seed models (``params.seeds[0]``) (raw Pneumonia
+CAMs at feature resolution; maps of any other class are refused, see :mod:`cxrexplain.explain.agreement`); writes
+``ws.consistency`` (per method and image) and ``ws.consistency_metrics`` (means with patient-clustered 95 % bootstrap
+intervals). No model is loaded.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Stage explain@arch-seed: explain the images of a split with the CAM family and the captum baselines, measure the
 explanations with every measure of the registry, draw galleries, and log it all to the architecture's MLflow run.
 
-Reads ``ws.model(arch, seed)`` (best checkpoint, predictions for a Youden threshold, MLflow run), the cache and the split,
-all checked before any work (the MLflow run too, when logging). Writes ``ws.explain(arch, seed)`` whole, through a temporary
-folder renamed on success (tables, ``maps.npz`` for stage consistency, galleries: :mod:`cxrexplain.explain.pipeline`),
-then ``ws.stage_metrics("explain", arch, seed)``. Every seed's model is explained alike, on the same images, subsets
-and tie orders (the data seed ``seed``), so that the seeds' measures differ only by their models.
+Reads ``ws.model(arch, seed)`` (best checkpoint, predictions for a Youden threshold, MLflow run), the cache and the
+split, all checked before any work (the MLflow run too, when logging). Writes ``ws.explain(arch, seed)`` whole, through
+a temporary folder renamed on success (tables, ``maps.npz`` for stage consistency, galleries:
+:mod:`cxrexplain.explain.pipeline`), then ``ws.stage_metrics("explain", arch, seed)``. Every seed's model is explained
+alike, on the same images, subsets and tie orders (the data seed ``seed``), so that the seeds' measures differ only by
+their models.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 
 Writes ``models/<arch>/seed<seed>/``: ``best.ckpt`` (lowest val loss), ``last.ckpt`` (after every epoch, for resuming),
 ``predictions.csv`` (val and test: image, patient, label, probability), ``history.csv`` (per-epoch train/val metrics),
-``mlflow_run.json`` (the run the later stages log into); and ``metrics/train/<arch>/seed<seed>.json`` for DVC. Everything is
-checked before the folder is touched; a fresh training then empties it, a resume keeps it. Under DDP every process
-runs this module; only global rank 0 clears the folder, creates the MLflow run and writes.
+``mlflow_run.json`` (the run the later stages log into); and ``metrics/train/<arch>/seed<seed>.json`` for DVC.
+Everything is checked before the folder is touched; a fresh training then empties it, a resume keeps it. Under DDP every
+process runs this module; only global rank 0 clears the folder, creates the MLflow run and writes.
 """
 
 from __future__ import annotations
