@@ -197,7 +197,7 @@ def test_the_champion_loads_by_alias_and_gives_the_checkpoints_probabilities(log
     from cxrexplain.models.checkpoint import load_classifier
 
     uri, run, checkpoint, (name, version, champion) = logged
-    assert (name, version, champion) == ("cxrexplain-resnet18", "1", True)
+    assert (name, version, champion) == ("cxrexplain-resnet18-synthetic", "1", True)  # a synthetic-data run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}")
     images = np.random.default_rng(0).standard_normal((5, 1, 32, 32)).astype(np.float32)
@@ -299,9 +299,15 @@ def test_a_store_that_fails_while_logging_the_model_is_a_clear_error(tmp_path, m
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with pytest.raises(CxrError) as info:
-            tracking.log_model("f" * 32, _checkpoint(tmp_path / "best.ckpt"), val_auroc=0.8, uri=uri)
+            tracking.log_model("f" * 32, _checkpoint(tmp_path / "best.ckpt"), val_auroc=0.8, uri=uri, seed=43)
     finally:
         server.shutdown()
     message = str(info.value)
     assert "f" * 32 in message and "cxrexplain-resnet18" in message and uri in message
-    assert "cxrexplain train --arch resnet18 --resume" in message
+    assert "cxrexplain train --arch resnet18 --seed 43 --resume" in message
+
+
+def test_one_registered_model_per_data_source_and_task():
+    assert tracking.registered_model("resnet50") == "cxrexplain-resnet50"  # real data, the study's task
+    assert tracking.registered_model("resnet50", "synthetic") == "cxrexplain-resnet50-synthetic"
+    assert tracking.registered_model("densenet121", "nih", "all_others") == "cxrexplain-densenet121-onevsrest"

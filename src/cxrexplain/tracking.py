@@ -479,8 +479,11 @@ def _package_code(folder: Path) -> Path:
     return Path(shutil.copytree(source, folder / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
-def log_model(run_id: str, checkpoint: Path, *, val_auroc: float, uri: str | None = None) -> tuple[str, str, bool]:
+def log_model(
+    run_id: str, checkpoint: Path, *, val_auroc: float, uri: str | None = None, seed: int | None = None
+) -> tuple[str, str, bool]:
     """Log ``checkpoint`` as an MLflow model into run ``run_id`` and register it; returns (name, version, champion).
+    ``seed``: the training seed, for the resume command a failure names.
 
     The model (artifact ``model/`` of the run) is MLflow's pyfunc flavour with this module as its loader
     (:func:`_load_pyfunc`), the checkpoint as its data, the package as its code, :func:`model_signature` for the
@@ -553,7 +556,8 @@ def log_model(run_id: str, checkpoint: Path, *, val_auroc: float, uri: str | Non
         raise CxrError(
             f"MLflow run {run_id}: logging or registering the model {name} in {uri} failed "
             f"({type(error).__name__}: {first}); the training's outputs are all written: once the store works, "
-            f"`cxrexplain train --arch {arch} --resume` logs the model without training again"
+            f"`cxrexplain train --arch {arch}{'' if seed is None else f' --seed {seed}'} --resume` logs the model "
+            "without training again"
         ) from None
     log.info("%s version %s registered%s", name, version, f" (alias {CHAMPION})" if champion else "")
     return name, str(version), champion

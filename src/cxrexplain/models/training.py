@@ -418,7 +418,9 @@ def save(result: Result, files: ModelFiles, metrics_file: Path) -> None:
     tracking.log_artifacts(
         result.run_id, [files.best, files.predictions, files.history, metrics_file], "train", uri=result.uri
     )
-    tracking.log_model(result.run_id, files.best, val_auroc=result.metrics["val"]["auroc"], uri=result.uri)
+    tracking.log_model(
+        result.run_id, files.best, val_auroc=result.metrics["val"]["auroc"], uri=result.uri, seed=result.metrics["seed"]
+    )
 
 
 def _best_epoch(training: Training) -> Result:
