@@ -456,6 +456,7 @@ def read_artifact(run_id: str, path: str, uri: str | None = None) -> bytes:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar on stderr
     with tempfile.TemporaryDirectory(prefix="cxrexplain-artifact-") as folder:
         try:
             local = download_artifacts(

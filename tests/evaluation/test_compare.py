@@ -182,7 +182,7 @@ def test_compare_with_one_seed_bootstraps_the_primary_seeds():
     assert math.isnan(table["ref_sd"].iloc[0])
 
 
-def test_markdown_names_both_runs_and_bolds_changed_rows():
+def test_markdown_names_both_runs_and_bolds_changes():
     ref = report_metrics({"accuracy": [0.90, 0.92, 0.94], "auroc": [0.95, 0.96, 0.97]})
     run = report_metrics({"accuracy": [0.70, 0.72, 0.74], "auroc": [0.95, 0.96, 0.97]})
     table = compare.compare(run, ref)
@@ -193,6 +193,6 @@ def test_markdown_names_both_runs_and_bolds_changed_rows():
     )
     assert "**RUN** report @ aaaaaaa* (run r1, seeds 42,43,44)" in text
     assert "**REF** report @ bbbbbbb (run r0, seeds 42,43,44)" in text
-    assert "| **resnet50** | **accuracy** | **0.920 ± 0.020** | **0.720 ± 0.020** | **-0.200** |" in text
+    assert "| resnet50 | accuracy | 0.920 ± 0.020 | 0.720 ± 0.020 | -0.200 | -0.245 to -0.155 | **changed** |" in text
     assert "| resnet50 | auroc | 0.960 ± 0.010 | 0.960 ± 0.010 | +0.000 | -0.023 to +0.023 | within noise |" in text
     assert "1 of 2 metrics changed beyond the noise." in text and compare.LEGEND in text

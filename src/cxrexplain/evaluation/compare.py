@@ -336,10 +336,10 @@ def compare(
 
 HEADER = ("arch", "metric", "REF", "RUN", "RUN − REF", "95 % interval", "verdict", "method")
 LEGEND = (
-    "RUN − REF with its 95 % interval; **changed**: 0 lies outside it. With ≥ 2 training seeds on both sides the "
-    "seed spread decides (Welch's t interval of the seed means; values: mean ± sd); otherwise a patient bootstrap "
-    "of the primary seeds' test images (paired when both tested the same images), which knows the test set's noise "
-    "but not retraining's. Classification at threshold 0.5 on the test set; gradcam/*: Grad-CAM measures' means."
+    "RUN − REF and its 95 % interval; **changed**: 0 is outside it. Both runs with ≥ 2 training seeds: Welch's t "
+    "interval of the seed means (values: mean ± sd); else a patient bootstrap of the primary seeds' test images "
+    "(paired when both have the same images), which knows the test set's noise, not retraining's. Classification: "
+    "test set, threshold 0.5; gradcam/*: means of Grad-CAM's measures."
 )
 
 
@@ -372,21 +372,25 @@ def cells(table: pd.DataFrame) -> list[list[str]]:
 
 
 def describe(run: Mapping[str, str]) -> str:
-    """A report run in one line: ``report @ 1a2b3c4 (run 0123abcd…, seeds 42,43,44)``; ``*`` marks a dirty tree."""
+    """A report run in one line: ``report @ 1a2b3c4 (run 0123abcd…, seeds 42,43,44, synthetic data)``; ``*`` marks a
+    dirty tree."""
     dirty = "*" if run.get("dirty") else ""
-    return f"report @ {run['commit'][:7]}{dirty} (run {run['run_id']}, seeds {run['seeds']})"
+    source = f", {run['source']} data" if run.get("source") else ""
+    return f"report @ {run['commit'][:7]}{dirty} (run {run['run_id']}, seeds {run['seeds']}{source})"
 
 
 def markdown(table: pd.DataFrame, run: Mapping[str, str], ref: Mapping[str, str]) -> str:
-    """GitHub Markdown for a pull-request comment: both runs named, the legend, the table; changed rows in bold."""
+    """GitHub Markdown for a pull-request comment: both runs named, the legend, the table (**changed** in bold), the
+    count of changes."""
     doc = Document("cxrexplain compare")
     doc.paragraph(f"**RUN** {describe(run)}  \n**REF** {describe(ref)}")
     doc.paragraph(LEGEND)
-    changed = table["changed"].tolist()
-    doc.table(
-        HEADER, [[f"**{c}**" for c in row] if flag else row for row, flag in zip(cells(table), changed, strict=True)]
-    )
-    n_changed = sum(1 for flag in changed if flag)
+    rows = cells(table)
+    verdict = HEADER.index("verdict")
+    for row in rows:
+        row[verdict] = row[verdict].replace("changed", "**changed**")
+    doc.table(HEADER, rows)
+    n_changed = sum(1 for flag in table["changed"] if flag)
     doc.paragraph(f"{n_changed} of {len(table)} metrics changed beyond the noise.")
     return doc.markdown(Path("."))
 

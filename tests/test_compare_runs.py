@@ -78,7 +78,9 @@ def make_report(uri: str, monkeypatch, *, commit: str, seeds: tuple[int, ...], s
         "seeds": {ARCH: {"seeds": list(seeds), "metrics": seed_spread.summarise(table)}},
     }
     monkeypatch.setattr(tracking, "git_state", lambda cwd=None: (commit, False))
-    summary = tracking.summary_run(validate({"seeds": list(seeds)}), {ARCH: runs}, uri=uri)
+    summary = tracking.summary_run(
+        validate({"seeds": list(seeds), "data": {"source": "synthetic"}}), {ARCH: runs}, uri=uri
+    )
     client.log_text(summary, json.dumps(metrics), tracking.REPORT_METRICS)
     return summary
 
@@ -165,6 +167,8 @@ def test_refs_that_match_nothing_or_several_commits_or_a_training_run_are_clear_
         assert result.returncode == 2 and message in " ".join(result.stderr.split()), (ref, result.stderr)
         assert "Traceback" not in result.stderr
     assert compare(store, "--markdown", cwd=tmp_path).returncode == 2  # --markdown compares two reports
+    few = compare(store, "--against", "abcd1", "--bootstrap", "10", cwd=tmp_path)
+    assert few.returncode == 2 and "--bootstrap: at least 100 resamples" in few.stderr
     bare = MlflowClient(tracking_uri=store).create_run(
         MlflowClient(tracking_uri=store).get_experiment_by_name(tracking.EXPERIMENT).experiment_id,
         tags={"dvc.stage": "report", "git.commit": "9999" + "0" * 36},
