@@ -178,25 +178,70 @@ def report(
 
 @app.command()
 def compare(
+    against: Annotated[
+        str | None,
+        typer.Option(help="compare a report with this one: a commit (hash, prefix, HEAD~1) or a report run's id"),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="with --against: the report to compare [default: the most recent report run]")
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="with --against: GitHub Markdown (a PR comment)")
+    ] = False,
+    bootstrap: Annotated[int, typer.Option(help="with --against, one seed on a side: bootstrap resamples")] = 1000,
     experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "cxrexplain",
-    last: Annotated[int, typer.Option(help="how many recent runs")] = 20,
+    last: Annotated[int, typer.Option(help="how many recent runs (without --against)")] = 20,
 ) -> None:
-    """Print recent runs from the tracking store (commit, arch, data source, key and explanation metrics)."""
+    """Print recent runs from the tracking store (commit, arch, data source, key and explanation metrics), or, with
+    --against, whether each metric of a report changed beyond the noise (seed spread, or one seed: bootstrap)."""
     from rich.table import Table
 
-    from cxrexplain.tracking import recent_runs
+    from cxrexplain import tracking
 
-    table = recent_runs(experiment, last)
+    if against is not None:
+        _compare_reports(against, run, markdown=markdown, bootstrap=bootstrap, experiment=experiment)
+        return
+    if run is not None or markdown:
+        raise CxrError("--run and --markdown compare two reports: give the reference with --against")
+    table = tracking.recent_runs(experiment, last)
     if table.empty:
-        typer.echo(
-            f"no runs in experiment {experiment!r} at {__import__('cxrexplain.tracking').tracking.tracking_uri()}"
-        )
+        typer.echo(f"no runs in experiment {experiment!r} at {tracking.tracking_uri()}")
         return
     view = Table(title=f"last {len(table)} runs of {experiment!r}")
     for column in table.columns:
         view.add_column(column, justify="left" if table[column].dtype == object else "right")
     for row in table.itertuples(index=False):
         view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=None if sys.stdout.isatty() else 200).print(view)
+
+
+def _compare_reports(against: str, run: str | None, *, markdown: bool, bootstrap: int, experiment: str) -> None:
+    """``compare --against``: both report runs and their metrics from MLflow, the primary seeds' per-image data when
+    one side has one seed, the rows (evaluation/compare.py), printed as a rich table or Markdown."""
+    from rich.table import Table
+
+    from cxrexplain import tracking
+    from cxrexplain.evaluation import compare as cmp
+
+    if bootstrap < 100:
+        raise CxrError(f"--bootstrap: at least 100 resamples for a 95 % interval, got {bootstrap}")
+    mine, theirs = tracking.report_run(run, experiment), tracking.report_run(against, experiment)
+    run_metrics, ref_metrics = tracking.report_metrics(mine), tracking.report_metrics(theirs)
+    per_image = {
+        arch: (cmp.PerImage(*tracking.primary_tables(mine, arch)), cmp.PerImage(*tracking.primary_tables(theirs, arch)))
+        for arch in cmp.needs_per_image(run_metrics, ref_metrics)
+    }
+    table = cmp.compare(run_metrics, ref_metrics, per_image, n=bootstrap)
+    if table.empty:
+        raise CxrError(f"runs {mine['run_id']} and {theirs['run_id']} share no architecture: nothing to compare")
+    if markdown:
+        typer.echo(cmp.markdown(table, mine, theirs))
+        return
+    view = Table(title=f"RUN {cmp.describe(mine)}\nREF {cmp.describe(theirs)}", caption=cmp.LEGEND.replace("**", ""))
+    for column in cmp.HEADER:
+        view.add_column(column, justify="left" if column in ("arch", "metric", "verdict", "method") else "right")
+    for cells, changed in zip(cmp.cells(table), table["changed"], strict=True):
+        view.add_row(*cells, style="bold red" if changed else None)
     Console(width=None if sys.stdout.isatty() else 200).print(view)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -596,3 +597,141 @@ def elect_champion(name: str, uri: str | None = None) -> str | None:
         return str(current.version)
     client.set_registered_model_alias(name, CHAMPION, best.version)
     return str(best.version)
+
+
+# ----------------------------------------------------------------------------------- report runs, for compare
+
+REPORT_METRICS = "report/metrics.json"  # a report run's metrics.json, as the report stage logs it
+PREDICTIONS = "train/predictions.csv"  # a training run's predictions (split, image, patient, label, probability)
+PER_IMAGE = "explain/per_image.csv"  # its explain stage's per-image measures
+MIN_COMMIT_PREFIX = 4
+
+
+def _report_facts(run) -> dict:
+    """What compare says about a report run: id, commit, dirty flag, seeds, data source, name, every tag."""
+    tags = run.data.tags
+    return {
+        "run_id": run.info.run_id,
+        "commit": tags.get("git.commit", "unknown"),
+        "dirty": tags.get("git.dirty") == "true",
+        "seeds": tags.get("seeds", "?"),
+        "source": tags.get("data.source", "?"),
+        "name": tags.get("mlflow.runName", run.info.run_id),
+        "tags": dict(tags),
+    }
+
+
+def _commit_of(ref: str) -> str:
+    """A commit prefix to search for: ``ref`` itself when it is hexadecimal, else what git makes of it (``HEAD~1``,
+    a branch or tag name) in the current repository."""
+    if re.fullmatch(r"[0-9a-fA-F]+", ref):
+        if len(ref) < MIN_COMMIT_PREFIX:
+            raise CxrError(f"{ref!r}: give at least {MIN_COMMIT_PREFIX} characters of a commit, or a report run's id")
+        return ref.lower()
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        raise CxrError(
+            f"{ref!r}: not a commit (hash or prefix, or a git revision here) nor a report run's id"
+        ) from None
+
+
+def report_run(ref: str | None = None, experiment: str = EXPERIMENT, uri: str | None = None) -> dict:
+    """The report stage's summary run (:func:`summary_run`) that ``ref`` names, as ``{run_id, commit, dirty, seeds,
+    source, name, tags}``.
+
+    ``ref``: None, the most recent report run; a report run's id; or a commit: a hash or a prefix of at least
+    :data:`MIN_COMMIT_PREFIX` characters (or a git revision such as ``HEAD~1``, resolved in the current repository),
+    giving the most recent report run tagged with it. Nothing found, a prefix of several commits, a run that is not a
+    report run, or an unreachable store: :class:`CxrError`. Works on the SQLite default and on a tracking server.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise CxrError(f"no experiment {experiment!r} in the tracking store {uri}: no report run to compare")
+    reports = "tags.`dvc.stage` = 'report'"
+    newest = ["attributes.start_time DESC"]
+    if ref is None:
+        runs = client.search_runs([found.experiment_id], reports, order_by=newest, max_results=1)
+        if not runs:
+            raise CxrError(f"no report run in experiment {experiment!r} at {uri}; run the pipeline (dvc repro) first")
+        return _report_facts(runs[0])
+    if re.fullmatch(r"[0-9a-f]{32}", ref):  # MLflow's run ids
+        try:
+            run = client.get_run(ref)
+        except MlflowException:
+            run = None
+        if run is not None:
+            stage = run.data.tags.get("dvc.stage", "none")
+            if stage != "report":
+                raise CxrError(
+                    f"run {ref} is a {stage} run, not a report run: give a report run's id or a commit "
+                    "(the report stage's runs are named 'report @ <commit>')"
+                )
+            return _report_facts(run)
+    commit = _commit_of(ref)
+    runs = client.search_runs(
+        [found.experiment_id], f"{reports} AND tags.`git.commit` LIKE '{commit}%'", order_by=newest, max_results=1000
+    )
+    if not runs:
+        raise CxrError(f"{ref!r}: no report run of a commit {commit[:12]}… in experiment {experiment!r} at {uri}")
+    commits = sorted({run.data.tags.get("git.commit", "") for run in runs})
+    if len(commits) > 1:
+        shown = ", ".join(c[:12] for c in commits[:5]) + (", …" if len(commits) > 5 else "")
+        raise CxrError(f"{ref!r} is ambiguous: report runs of {len(commits)} commits start with it ({shown})")
+    return _report_facts(runs[0])
+
+
+def read_artifact(run_id: str, path: str, uri: str | None = None) -> bytes:
+    """The bytes of one artifact of a run (downloaded into a temporary folder, removed after); a missing one is a
+    :class:`CxrError` naming the run and the path."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar on stderr
+    with tempfile.TemporaryDirectory(prefix="cxrexplain-artifact-") as folder:
+        try:
+            local = download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=folder, tracking_uri=uri or tracking_uri()
+            )
+            return Path(local).read_bytes()
+        except (MlflowException, OSError) as error:
+            raise CxrError(
+                f"run {run_id} has no artifact {path} ({type(error).__name__}): was its stage logged to MLflow?"
+            ) from None
+
+
+def report_metrics(run: Mapping, uri: str | None = None) -> dict:
+    """A report run's ``report/metrics.json`` (``run``: :func:`report_run`'s answer)."""
+    data = read_artifact(run["run_id"], REPORT_METRICS, uri)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CxrError(f"run {run['run_id']}: {REPORT_METRICS} is not JSON") from None
+
+
+def primary_tables(run: Mapping, arch: str, uri: str | None = None):
+    """The primary seed's ``train/predictions.csv`` and ``explain/per_image.csv`` of ``arch`` in a report run, read
+    from the training run its tag ``report.run.<arch>`` names, as two DataFrames."""
+    import io
+
+    import pandas as pd
+
+    train = run["tags"].get(f"report.run.{arch}")
+    if not train:
+        raise CxrError(
+            f"report run {run['run_id']} has no tag report.run.{arch}: which training run it covers is unknown"
+        )
+    return tuple(pd.read_csv(io.BytesIO(read_artifact(train, path, uri))) for path in (PREDICTIONS, PER_IMAGE))
