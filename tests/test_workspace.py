@@ -42,6 +42,10 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
         ws.stage_metrics("explain", arch),
         ws.consistency,
         ws.consistency_metrics,
+        ws.leakage.dir,
+        ws.leakage.split,
+        ws.leakage.model.predictions,
+        ws.stage_metrics("leakage"),
         ws.report.markdown,
         ws.report.html,
         ws.report.metrics,
@@ -56,6 +60,8 @@ def test_root_moves_every_path(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     for path in (ws.raw, ws.cache.images, ws.split, ws.model("x").last, ws.explain("x").per_image, ws.report.html):
         assert path.is_relative_to(tmp_path)
+    assert ws.leakage.model.best == tmp_path / "leakage" / "model" / "best.ckpt"
+    assert ws.leakage.split == tmp_path / "leakage" / "split.csv"
     assert ws.stage_metrics("explain", "x") == tmp_path / "metrics" / "explain" / "x.json"
     assert ws.explain("x").gallery("gradcam") == tmp_path / "explain" / "x" / "gallery_gradcam.png"
 

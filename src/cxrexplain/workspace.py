@@ -14,7 +14,9 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
     models/<arch>/             best.ckpt, last.ckpt, predictions.csv, history.csv, mlflow_run.json (train@arch)
     explain/<arch>/            per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries (explain@arch)
     explain/consistency.csv    (consistency)
-    metrics/                   sample.json, split.json, train/<arch>.json, explain/<arch>.json, explain/consistency.json
+    leakage/                   split.csv (the other split protocol), model/ (as models/<arch>/) (leakage)
+    metrics/                   sample.json, split.json, train/<arch>.json, explain/<arch>.json, explain/consistency.json,
+                               leakage.json
     reports/                   report.md, report.html, metrics.json, figures/, plots/ (report)
 """
 
@@ -116,6 +118,19 @@ class ExplainFiles(_Folder):
 
 
 @dataclass(frozen=True)
+class LeakageFiles(_Folder):
+    """``leakage/``: the leakage audit (stage ``leakage``): the cohort split by the other protocol (``split.csv``)
+    and the first architecture trained on it (``model/``, laid out as ``models/<arch>/``)."""
+
+    FILES: ClassVar[dict[str, str]] = {"split": "split.csv"}
+    split: Path = field(init=False)
+
+    @property
+    def model(self) -> ModelFiles:
+        return ModelFiles(self.dir / "model")
+
+
+@dataclass(frozen=True)
 class ReportFiles(_Folder):
     """``reports/``: the document, its figures, its metrics and DVC's plot data (stage ``report``)."""
 
@@ -165,6 +180,10 @@ class Workspace:
     @property
     def consistency(self) -> Path:
         return self.root / "explain" / "consistency.csv"
+
+    @property
+    def leakage(self) -> LeakageFiles:
+        return LeakageFiles(self.root / "leakage")
 
     # ---------------------------------------------------------------------------------------------- metrics, report
     @property
@@ -218,4 +237,4 @@ class Workspace:
             yield tmp
 
 
-__all__ = ["CacheFiles", "ExplainFiles", "ModelFiles", "ReportFiles", "Workspace"]
+__all__ = ["CacheFiles", "ExplainFiles", "LeakageFiles", "ModelFiles", "ReportFiles", "Workspace"]

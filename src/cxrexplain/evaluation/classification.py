@@ -8,7 +8,8 @@ torchmetrics' functional metrics (what training logs, :func:`cxrexplain.evaluati
 return float32 ratios (so equal to 1e-7, not bitwise), and to sklearn's. The report imports no torch through this
 module. Intervals are percentile bootstrap over images, or over patients when cluster ids are given (resampled with
 replacement, ``n`` times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for those
-two. Two AUROCs on the same images are compared with DeLong's test (:func:`delong`).
+two. Two AUROCs on the same images are compared with DeLong's test (:func:`delong`); metrics of two different sets
+of images (the leakage audit's two test sets) with :func:`bootstrap_difference`.
 """
 
 from __future__ import annotations
@@ -162,6 +163,57 @@ def bootstrap_metrics(
         values = np.asarray(draws[k])
         low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2]) if len(values) else (np.nan, np.nan)
         out[k] = {"value": point[k], "low": float(low), "high": float(high)}
+    return out
+
+
+def bootstrap_difference(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    threshold: float,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    clusters_a: Any = None,
+    clusters_b: Any = None,
+) -> dict[str, dict[str, float]]:
+    """``{metric: {"value", "low", "high"}}`` of the difference ``metric(b) − metric(a)`` between two test sets.
+
+    ``a`` and ``b`` are ``(labels, probabilities)`` of two *different* sets of images (e.g. the test sets of a
+    patient-wise and an image-level split of one cohort), so the two are not paired: each resample draws set ``a``
+    and, independently, set ``b`` with replacement (their clusters, e.g. patients, when ``clusters_a`` /
+    ``clusters_b`` are given, as :func:`bootstrap_metrics` does for one set) and takes the difference of the two
+    resamples' metrics; the interval is the ``alpha/2`` and ``1 − alpha/2`` percentiles of those ``n`` differences
+    (the percentile bootstrap of a two-sample statistic, as ``scipy.stats.bootstrap(..., paired=False,
+    method="percentile")``). A resample in which either set has one class only gives no AUROC/AUPRC difference and is
+    skipped for those two. For two AUROCs on the *same* images use :func:`delong`.
+    """
+    sets = []
+    for (labels, probabilities), clusters in ((a, clusters_a), (b, clusters_b)):
+        labels = np.asarray(labels).astype(int)
+        if clusters is not None and len(clusters) != len(labels):
+            raise ValueError(f"clusters must give one id per image: {len(clusters)} ids for {len(labels)} images")
+        groups = Clusters.of(clusters) if clusters is not None else None
+        sets.append((labels, np.asarray(probabilities, dtype=np.float64), groups))
+    point_a, point_b = (point_metrics(y, p, threshold) for y, p, _ in sets)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in METRICS}
+    for _ in range(n):
+        resampled = []
+        for labels, probabilities, groups in sets:
+            if groups is None:
+                idx = rng.integers(0, len(labels), len(labels))
+            else:
+                idx = groups.members(rng.integers(0, groups.k, groups.k))
+            resampled.append(point_metrics(labels[idx], probabilities[idx], threshold))
+        for k in METRICS:
+            difference = resampled[1][k] - resampled[0][k]
+            if not np.isnan(difference):
+                draws[k].append(difference)
+    out = {}
+    for k in METRICS:
+        values = np.asarray(draws[k])
+        low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2]) if len(values) else (np.nan, np.nan)
+        out[k] = {"value": point_b[k] - point_a[k], "low": float(low), "high": float(high)}
     return out
 
 

@@ -40,6 +40,7 @@ def run(
         sample=found.sample,
         split=found.split,
         consistency=found.consistency,
+        leakage=found.leakage,
     )
     report.log_runs(refs, params, ws.report, metrics, made)
     log.info("report written to %s (report.md, report.html, metrics.json)", ws.report.dir)
