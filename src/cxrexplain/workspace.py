@@ -15,8 +15,8 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
     explain/<arch>/            per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries (explain@arch)
     explain/consistency.csv    (consistency)
     leakage/                   split.csv (the other split protocol), model/ (as models/<arch>/) (leakage)
-    metrics/                   sample.json, split.json, train/<arch>.json, explain/<arch>.json, explain/consistency.json,
-                               leakage.json
+    metrics/                   sample.json, split.json, train/<arch>.json, leakage.json, explain/<arch>.json,
+                               explain/consistency.json
     reports/                   report.md, report.html, metrics.json, figures/, plots/ (report)
 """
 
