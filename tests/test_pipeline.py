@@ -114,14 +114,24 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     consistency = json.loads((dest / "metrics/explain/consistency.json").read_text())
     assert set(consistency["methods"]) >= {"gradcam"}
 
+    audit = json.loads((dest / "metrics/leakage.json").read_text())  # resnet18 again, on an image-level split
+    assert audit["arch"] == "resnet18" and audit["protocols"] == {"pipeline": "patient", "audit": "image"}
+    assert audit["test"]["patient"]["images"] == (split["split"] == "test").sum()
+    leaked = pd.read_csv(dest / "leakage/split.csv").groupby("patient")["split"].nunique() > 1
+    assert audit["leaked_patients"] <= leaked.sum() and audit["leaked_patients"] > 0
+    assert audit["training"]["epochs"] == 3 and (dest / "leakage/model/best.ckpt").is_file()
+
     report = json.loads((dest / "reports/metrics.json").read_text())
     assert report["synthetic"] is True and report["split_protocol"] == "patient"
     assert report["primary_seed"] == 42 and report["seeds"]["resnet18"]["seeds"] == [42]  # one seed: no spread
+    assert report["leakage"]["leaked_patients"] == audit["leaked_patients"]
+    assert report["leakage"]["image"]["auroc"]["value"] == pytest.approx(audit["training"]["test"]["auroc"], abs=1e-6)
     for arch, entry in report["archs"].items():  # floors a broken model would not reach
         assert entry["at_0.5"]["auroc"]["value"] >= 0.8 and entry["at_0.5"]["accuracy"]["value"] >= 0.7, arch
     markdown = (dest / "reports/report.md").read_text()
     assert "SYNTHETIC DATA" in markdown and "The study and this run" in markdown
     assert "One training seed (42): no seed spread can be estimated" in markdown
+    assert "## Leakage audit: patient-wise vs image-level split" in markdown
     for line in markdown.splitlines():  # every figure the Markdown links exists
         if line.startswith("!["):
             assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
@@ -147,14 +157,14 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
         changed = stale_stages(dest)
         assert "split" in changed and not changed & {"download", "sample"}
         (dest / "params.yaml").write_text(original.replace("  patience:", "  patience: 9  # was", 1))
-        assert stale_stages(dest) == {"train@resnet18-42", "train@densenet121-42"}
+        assert stale_stages(dest) == {"train@resnet18-42", "train@densenet121-42", "leakage"}
         (dest / "params.yaml").write_text(original.replace("  iobb_level:", "  iobb_level: 0.4  # was", 1))
         assert stale_stages(dest) == {"explain@resnet18-42", "explain@densenet121-42"}
         (dest / "params.yaml").write_text(original.replace("seed: 42", "seed: 7", 1))
         assert {"report", "explain@resnet18-42"} <= stale_stages(dest)
         # another pair: only the new backbone's stages and those that compare the pair; densenet121 is not retrained
         (dest / "params.yaml").write_text(original.replace("[resnet18, densenet121]", "[resnet50, densenet121]", 1))
-        assert stale_stages(dest) == {"train@resnet50-42", "explain@resnet50-42", "consistency", "report"}
+        assert stale_stages(dest) == {"train@resnet50-42", "explain@resnet50-42", "consistency", "leakage", "report"}
         # another training seed: only its trainings and explanations, and the report (the seed spread); the primary
         # seed's models and the consistency of their maps stay
         (dest / "params.yaml").write_text(original.replace("seeds: [42]", "seeds: [42, 43]", 1))
@@ -193,5 +203,5 @@ def test_outputs_travel_through_a_dvc_remote_to_a_fresh_clone(repo, tmp_path):
         assert (clone / best).read_bytes() == (dest / best).read_bytes()
         assert (clone / f"explain/{arch}/seed42/maps.npz").is_file()
     status = dvc_status(clone)
-    assert set(status) == {"download", "sample", "split"}, status  # download's output and the deps read from it
-    assert all("data/raw" in json.dumps(status[name]) for name in ("sample", "split")), status
+    assert set(status) == {"download", "sample", "split", "leakage"}, status  # data/raw and the stages reading it
+    assert all("data/raw" in json.dumps(status[name]) for name in ("sample", "split", "leakage")), status

@@ -52,6 +52,10 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
         ws.stage_metrics("explain", arch, seeds[0]).parent.parent,  # and their metrics (metrics/explain/)
         ws.consistency,
         ws.consistency_metrics,
+        ws.leakage.dir,
+        ws.leakage.split,
+        ws.leakage.model.predictions,
+        ws.stage_metrics("leakage"),
         ws.report.markdown,
         ws.report.html,
         ws.report.metrics,
@@ -73,11 +77,13 @@ def test_root_moves_every_path(tmp_path: Path) -> None:
         ws.report.html,
     ):
         assert path.is_relative_to(tmp_path)
+    assert ws.leakage.model.best == tmp_path / "leakage" / "model" / "best.ckpt"
+    assert ws.leakage.split == tmp_path / "leakage" / "split.csv"
     assert ws.stage_metrics("explain", "x", 7) == tmp_path / "metrics" / "explain" / "x" / "seed7.json"
     assert ws.explain("x", 7).gallery("gradcam") == tmp_path / "explain" / "x" / "seed7" / "gallery_gradcam.png"
     assert ws.model("x", 7).best == tmp_path / "models" / "x" / "seed7" / "best.ckpt"
     with pytest.raises(TypeError, match="needs the training seed"):
-        ws.stage_metrics("train", "x", 42)
+        ws.stage_metrics("train", "x")
 
 
 def test_stage_names_are_dvcs_matrix_names() -> None:

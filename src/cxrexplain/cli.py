@@ -133,6 +133,14 @@ def train(
 
 
 @app.command()
+def leakage(seed: SeedOption = None, path: ParamsOption = PARAMS_FILE, progress: ProgressOption = True) -> None:
+    """Stage leakage: the audit, model.archs[0] trained on the other split protocol (leakage/, metrics/leakage.json)."""
+    from cxrexplain.stages import leakage as stage
+
+    stage.run(load_params(path), seed=seed, show_progress=progress)
+
+
+@app.command()
 def explain(
     arch: Annotated[
         str, typer.Option(help="a backbone of the registry, e.g. one of model.archs (resnet50, densenet121)")

@@ -266,6 +266,16 @@ def system_metrics(run_id: str, uri: str, *, resume: bool = False) -> Iterator[N
         monitor.finish()
 
 
+def set_tags(run_id: str, tags: Mapping[str, str], uri: str | None = None) -> None:
+    """Set (or overwrite) tags of a run, e.g. ``mlflow.runName`` or ``dvc.stage`` of a run another stage created."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri or tracking_uri()).log_batch(
+        run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+    )
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], uri: str | None = None, step: int | None = None) -> None:
     """Log several metrics to a run (finished runs too: later stages add to the train stage's run)."""
     from mlflow.entities import Metric

@@ -15,8 +15,9 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
     explain/<arch>/seed<s>/    per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries
                                (explain@<arch>-<s>)
     explain/consistency.csv    (consistency)
+    leakage/                   split.csv (the other split protocol), model/ (as models/<arch>/seed<s>/) (leakage)
     metrics/                   sample.json, split.json, train/<arch>/seed<s>.json, explain/<arch>/seed<s>.json,
-                               explain/consistency.json
+                               leakage.json, explain/consistency.json
 
 ``<s>`` is a training seed (``params.seeds``): every architecture is trained and explained once per seed, and DVC
 names those stages ``train@<arch>-<s>`` and ``explain@<arch>-<s>`` (:func:`stage_name`).
@@ -121,6 +122,19 @@ class ExplainFiles(_Folder):
 
 
 @dataclass(frozen=True)
+class LeakageFiles(_Folder):
+    """``leakage/``: the leakage audit (stage ``leakage``): the cohort split by the other protocol (``split.csv``)
+    and the first architecture trained on it (``model/``, laid out as ``models/<arch>/``)."""
+
+    FILES: ClassVar[dict[str, str]] = {"split": "split.csv"}
+    split: Path = field(init=False)
+
+    @property
+    def model(self) -> ModelFiles:
+        return ModelFiles(self.dir / "model")
+
+
+@dataclass(frozen=True)
 class ReportFiles(_Folder):
     """``reports/``: the document, its figures, its metrics and DVC's plot data (stage ``report``)."""
 
@@ -176,6 +190,10 @@ class Workspace:
     @property
     def consistency(self) -> Path:
         return self.root / "explain" / "consistency.csv"
+
+    @property
+    def leakage(self) -> LeakageFiles:
+        return LeakageFiles(self.root / "leakage")
 
     # ---------------------------------------------------------------------------------------------- metrics, report
     @property
@@ -234,4 +252,4 @@ class Workspace:
             yield tmp
 
 
-__all__ = ["CacheFiles", "ExplainFiles", "ModelFiles", "ReportFiles", "Workspace", "stage_name"]
+__all__ = ["CacheFiles", "ExplainFiles", "LeakageFiles", "ModelFiles", "ReportFiles", "Workspace", "stage_name"]

@@ -5,7 +5,16 @@ import pandas as pd
 import pytest
 
 from cxrexplain.config import SplitParams
-from cxrexplain.data.split import assign_splits, fold_counts, leakage, split_cohort, split_summary
+from cxrexplain.data.split import (
+    assign_splits,
+    fold_counts,
+    leakage,
+    leakage_audit,
+    leaked_test_images,
+    other_protocol,
+    split_cohort,
+    split_summary,
+)
 from cxrexplain.errors import CxrError
 
 
@@ -50,6 +59,48 @@ def test_image_split_leaks_patients_and_says_how_many():
     leaks = leakage(index, split)
     assert leaks["any"] > 50  # most multi-image patients straddle splits
     assert leaks["train_test"] > 0
+
+
+def test_leaked_test_images_and_the_audit_by_hand():
+    image_level = pd.DataFrame(
+        {
+            "image": ["a0", "a1", "b0", "b1", "c0", "d0", "e0", "e1"],
+            "patient": [1, 1, 2, 2, 3, 4, 5, 5],
+            "split": ["train", "test", "val", "test", "test", "train", "test", "test"],
+        }
+    )
+    # a1 (patient 1 also in train) and b1 (patient 2 also in val) leak; c0 and e0/e1 (all of 5 in test) do not
+    assert leaked_test_images(image_level).tolist() == [False, True, False, True, False, False, False, False]
+    patient_wise = image_level.assign(split=["train", "train", "val", "val", "test", "train", "test", "test"])
+    assert not leaked_test_images(patient_wise).any()
+    assert leakage_audit({"image": image_level, "patient": patient_wise}) == {
+        "leaked_patients": 2,
+        "leaked_test_images": 2,
+        "leaked_test_image_share": 0.4,  # 2 of 5 test images
+        "test": {"image": {"images": 5, "patients": 4}, "patient": {"images": 3, "patients": 2}},
+    }
+    with pytest.raises(ValueError, match="one split table per protocol"):
+        leakage_audit({"image": image_level})
+    assert other_protocol("patient") == "image" and other_protocol("image") == "patient"
+    with pytest.raises(CxrError, match="not one of"):
+        other_protocol("study")
+
+
+def test_the_audit_of_two_real_splits_of_one_cohort():
+    index = cohort()
+    tables = {
+        protocol: index.assign(split=assign_splits(index, train=0.7, val=0.15, test=0.15, group_by=protocol, seed=1))
+        for protocol in ("patient", "image")
+    }
+    audit = leakage_audit(tables)
+    test = tables["image"][tables["image"]["split"] == "test"]
+    straddling = leakage(index, tables["image"]["split"])  # patients in test and in train or val
+    assert audit["leaked_patients"] == len(
+        set(test["patient"]) & set(tables["image"].loc[tables["image"]["split"] != "test", "patient"])
+    )
+    assert 0 < audit["leaked_patients"] <= straddling["train_test"] + straddling["val_test"]
+    assert audit["leaked_test_images"] >= audit["leaked_patients"]
+    assert audit["test"]["image"]["images"] == len(test)
 
 
 def test_deterministic_for_a_seed():

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrexplain.data import layout, metadata
+from cxrexplain.data import layout, metadata, synth
 from cxrexplain.data.download import md5_file
+from cxrexplain.data.render import render_radiograph
 from cxrexplain.data.synth import index_from_metadata, read_manifest, synth_index, write_mirror
 from cxrexplain.errors import CxrError
 
@@ -111,6 +112,30 @@ def test_same_seed_same_bytes_whatever_the_workers(mirror, tmp_path):
         read_manifest(other / layout.MD5_MANIFEST)["images_001.tar.gz"]
         != read_manifest(mirror / layout.MD5_MANIFEST)["images_001.tar.gz"]
     )
+
+
+def test_a_patients_follow_ups_are_rendered_as_the_same_person(mirror):
+    # every image is render_radiograph(image generator, patient=the patient's generator): follow-ups share the person
+    index = synth_index(80, image_size=SIZE, pneumonia_fraction=0.4, seed=3)
+    tasks = {t.image: t for t in synth._tasks(index)}
+    entries = metadata.read_data_entry(mirror / layout.DATA_ENTRY)
+    patient = entries.groupby("patient")["image"].count().idxmax()
+    images = entries.loc[entries["patient"] == patient, "image"].tolist()
+    assert len(images) >= 3
+    stored = {}
+    for archive in layout.ARCHIVE_NAMES:
+        stored |= {name.removeprefix("images/"): data for name, data in members(mirror / archive).items()}
+    for image in images:
+        t = tasks[image]
+        expected = render_radiograph(
+            synth._image_rng(3, t.patient, t.follow_up, 0),
+            SIZE,
+            patient=synth._patient_rng(3, t.patient),
+            opacities=t.opacities,
+            findings=t.findings,
+        )
+        with Image.open(io.BytesIO(stored[image])) as png:
+            assert np.array_equal(np.asarray(png), expected), image
 
 
 def test_from_metadata_renders_exactly_that_index(mirror, tmp_path):

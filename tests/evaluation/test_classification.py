@@ -125,6 +125,84 @@ def _placements(labels, scores):
     return np.array(v10), np.array(v01)
 
 
+def test_bootstrap_difference_by_hand():
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    constant = (labels, np.full(6, 0.4))  # AUROC 1/2 on any resample with both classes; everything called negative
+    perfect = (labels, np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7]))  # AUROC 1 and accuracy 1 on every resample
+    d = cls.bootstrap_difference(constant, perfect, 0.5, n=1000, seed=0)
+    assert (d["auroc"]["value"], d["auroc"]["low"], d["auroc"]["high"]) == (0.5, 0.5, 0.5)
+    # the accuracy difference is 1 - (negatives' share of the constant set's resample) = the positives' share drawn,
+    # Binomial(6, 1/2) / 6, whose 2.5 and 97.5 percentiles are 1/6 and 5/6 (P(X <= 0) = 1/64, P(X <= 1) = 7/64)
+    assert d["accuracy"]["value"] == 0.5
+    assert (d["accuracy"]["low"], d["accuracy"]["high"]) == pytest.approx((1 / 6, 5 / 6), abs=1e-12)
+    # clustered: three patients, each with one negative and one positive image: every resample has half positives
+    clustered = cls.bootstrap_difference(constant, perfect, 0.5, n=500, seed=0, clusters_a=[1, 1, 2, 2, 3, 3])
+    assert (clustered["accuracy"]["low"], clustered["accuracy"]["high"]) == (0.5, 0.5)
+    # one image per cluster is the unclustered bootstrap, draw for draw
+    same = cls.bootstrap_difference(
+        constant, perfect, 0.5, n=500, seed=3, clusters_a=list("abcdef"), clusters_b=range(6)
+    )
+    assert same == cls.bootstrap_difference(constant, perfect, 0.5, n=500, seed=3)
+    with pytest.raises(ValueError, match="one id per image"):
+        cls.bootstrap_difference(constant, perfect, 0.5, n=5, clusters_b=[1, 2])
+
+
+def _normal_scores(rng: np.random.Generator, n: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images, half positive; scores N(separation, 1) for positives, N(0, 1) for negatives, squashed to 0..1:
+    AUROC Φ(separation / √2)."""
+    labels = np.repeat([0, 1], n // 2)
+    return labels, 1 / (1 + np.exp(-(rng.standard_normal(n) + separation * labels)))
+
+
+def test_bootstrap_difference_equals_numpy_sklearn_and_scipys_two_sample_bootstrap():
+    import scipy.stats
+
+    rng = np.random.default_rng(7)
+    a, b = _normal_scores(rng, 60, 0.8), _normal_scores(rng, 90, 1.6)
+    ours = cls.bootstrap_difference(a, b, 0.5, n=400, seed=0)["auroc"]
+    assert ours["value"] == pytest.approx(roc_auc_score(*b) - roc_auc_score(*a), abs=1e-12)
+    # the same draws (all of set b's resamples, then set a's: cluster_bootstrap_difference's order) with sklearn's
+    # AUROC and numpy's percentiles
+    draws = np.random.default_rng(0)
+    jb, ia = draws.integers(0, 90, (400, 90)), draws.integers(0, 60, (400, 60))
+    differences = [
+        roc_auc_score(b[0][j], b[1][j]) - roc_auc_score(a[0][i], a[1][i]) for i, j in zip(ia, jb, strict=True)
+    ]
+    assert (ours["low"], ours["high"]) == pytest.approx(tuple(np.percentile(differences, [2.5, 97.5])), abs=1e-12)
+
+    # scipy's two-sample percentile bootstrap (its own draws; AUROC as the Mann-Whitney U over m·n): the same
+    # interval up to Monte-Carlo error (measured: -0.083 to 0.175 vs -0.077 to 0.167)
+    def auc(labels, scores):
+        return scipy.stats.mannwhitneyu(scores[labels == 1], scores[labels == 0]).statistic / (
+            (labels == 1).sum() * (labels == 0).sum()
+        )
+
+    reference = scipy.stats.bootstrap(
+        (np.arange(60), np.arange(90)),
+        lambda i, j: auc(b[0][j], b[1][j]) - auc(a[0][i], a[1][i]),
+        paired=False,
+        vectorized=False,
+        n_resamples=400,
+        method="percentile",
+        rng=np.random.default_rng(1),
+    )
+    low, high = reference.confidence_interval
+    assert ours["low"] == pytest.approx(low, abs=0.04) and ours["high"] == pytest.approx(high, abs=0.04)
+
+
+def test_bootstrap_difference_interval_covers_the_true_difference():
+    import scipy.stats
+
+    true = scipy.stats.norm.cdf(1.5 / np.sqrt(2)) - scipy.stats.norm.cdf(0.5 / np.sqrt(2))  # 0.2174
+    rng = np.random.default_rng(0)
+    covered = 0
+    for k in range(20):
+        d = cls.bootstrap_difference(_normal_scores(rng, 80, 0.5), _normal_scores(rng, 80, 1.5), 0.5, n=150, seed=k)
+        covered += d["auroc"]["low"] <= true <= d["auroc"]["high"]
+    # a 95 % interval; measured: 17 of these 20 (and 140 of 150 simulations, 93 %, with n=200, outside the suite)
+    assert covered >= 16
+
+
 def test_delong_covariance_equals_the_direct_placements_with_ties():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 60)

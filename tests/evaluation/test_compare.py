@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import compare
 from cxrexplain.evaluation.seeds import spread
 from cxrexplain.explain.measures.statistics import bootstrap_ci
@@ -43,7 +44,7 @@ def test_paired_bootstrap_of_means_is_bootstrap_ci_of_the_differences():
         run = rng.normal(0.5, 0.2, 40)
         ref = run + rng.normal(0.05, 0.1, 40)
         patients = rng.integers(0, 15, 40) if clustered else None
-        difference, low, high = compare.bootstrap_difference(
+        difference, low, high = cls.cluster_bootstrap_difference(
             run, ref, np.mean, run_clusters=patients, paired=True, n=300, seed=7
         )
         expected = bootstrap_ci(run - ref, n=300, seed=7, clusters=patients)
@@ -53,7 +54,7 @@ def test_paired_bootstrap_of_means_is_bootstrap_ci_of_the_differences():
 def test_independent_bootstrap_agrees_with_scipys():
     rng = np.random.default_rng(2)
     run, ref = rng.normal(0.6, 0.2, 60), rng.normal(0.5, 0.3, 45)
-    difference, low, high = compare.bootstrap_difference(run, ref, np.mean, n=20000, seed=0)
+    difference, low, high = cls.cluster_bootstrap_difference(run, ref, np.mean, n=20000, seed=0)
     reference = stats.bootstrap(
         (run, ref),
         lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
@@ -70,22 +71,22 @@ def test_independent_bootstrap_agrees_with_scipys():
 
 def test_bootstrap_by_hand():
     same = np.array([0.1, 0.4, 0.9, 0.3])
-    assert compare.bootstrap_difference(same, same, np.mean, paired=True, n=50) == (
+    assert cls.cluster_bootstrap_difference(same, same, np.mean, paired=True, n=50) == (
         pytest.approx([0.0]),
         pytest.approx([0.0]),
         pytest.approx([0.0]),
     )
     # every image shifted by +0.25, paired: every resample's difference is 0.25
-    difference, low, high = compare.bootstrap_difference(same + 0.25, same, np.mean, paired=True, n=50)
+    difference, low, high = cls.cluster_bootstrap_difference(same + 0.25, same, np.mean, paired=True, n=50)
     assert difference == pytest.approx([0.25]) and low == pytest.approx([0.25]) and high == pytest.approx([0.25])
     # independent constants: 1 vs 0, whatever is drawn
-    assert compare.bootstrap_difference(np.ones(3), np.zeros(5), np.mean, n=50)[1] == pytest.approx([1.0])
+    assert cls.cluster_bootstrap_difference(np.ones(3), np.zeros(5), np.mean, n=50)[1] == pytest.approx([1.0])
     # a component undefined in every resample stays NaN; the others are unaffected
     rows = np.column_stack([same, np.full(4, np.nan)])
-    _, low, high = compare.bootstrap_difference(rows, rows, compare._nanmean, paired=True, n=20)
+    _, low, high = cls.cluster_bootstrap_difference(rows, rows, compare._nanmean, paired=True, n=20)
     assert low[0] == 0.0 and math.isnan(low[1]) and math.isnan(high[1])
     with pytest.raises(ValueError, match="same rows"):
-        compare.bootstrap_difference(same, same[:3], np.mean, paired=True)
+        cls.cluster_bootstrap_difference(same, same[:3], np.mean, paired=True)
 
 
 def predictions(probability, images=None, patients=None) -> pd.DataFrame:

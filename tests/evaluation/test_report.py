@@ -1,5 +1,6 @@
 """The report's library: which galleries it links, the paired table, DeLong on two prediction tables, publishing."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -112,3 +113,110 @@ def test_publish_replaces_folders_whole_and_writes_the_markdown_last(tmp_path):
     assert (reports / "report.md").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".reports.x.part", "reports"]  # emptied; write() removes it
     assert list(built.iterdir()) == []
+
+
+def _leakage_by_hand() -> report.LeakageInputs:
+    """Patient-wise test: 4 images of 4 patients, AUROC 3/4, accuracy 3/4. Image-level test: 5 images, AUROC 5/6,
+    accuracy 4/5; a1 and b1 leak (their patients have images in train / val): AUROC 1 among them, 1/2 among the
+    other three."""
+    from cxrexplain.data.split import leakage_audit
+
+    patient_split = pd.DataFrame(
+        {
+            "image": ["q1", "q2", "q3", "q4", "t1", "v1"],
+            "patient": [11, 12, 13, 14, 15, 16],
+            "split": ["test"] * 4 + ["train", "val"],
+        }
+    )
+    image_split = pd.DataFrame(
+        {
+            "image": ["a0", "a1", "b0", "b1", "c0", "d0", "e0"],
+            "patient": [1, 1, 2, 2, 3, 4, 5],
+            "split": ["train", "test", "val", "test", "test", "test", "test"],
+        }
+    )
+    patient_predictions = pd.DataFrame(
+        {
+            "split": "test",
+            "image": ["q1", "q2", "q3", "q4"],
+            "patient": [11, 12, 13, 14],
+            "label": [0, 1, 0, 1],
+            "probability": [0.2, 0.6, 0.7, 0.9],
+        }
+    )
+    image_predictions = pd.DataFrame(
+        {
+            "split": ["val", *["test"] * 5],
+            "image": ["b0", "a1", "b1", "c0", "d0", "e0"],
+            "patient": [2, 1, 2, 3, 4, 5],
+            "label": [0, 1, 0, 1, 0, 0],
+            "probability": [0.5, 0.95, 0.05, 0.6, 0.4, 0.7],
+        }
+    )
+    audit = {
+        "arch": "resnet50",
+        "protocols": {"pipeline": "patient", "audit": "image"},
+        **leakage_audit({"patient": patient_split, "image": image_split}),
+    }
+    return report.LeakageInputs(
+        "resnet50",
+        {"patient": patient_predictions, "image": image_predictions},
+        {"patient": patient_split, "image": image_split},
+        audit,
+    )
+
+
+def test_leakage_comparison_by_hand():
+    leakage = _leakage_by_hand()
+    result = report.leakage_comparison(leakage, bootstrap=300, seed=0)
+    assert (result["leaked_patients"], result["leaked_test_images"], result["leaked_test_image_share"]) == (2, 2, 0.4)
+    assert result["patient"]["auroc"]["value"] == 0.75 and result["patient"]["accuracy"]["value"] == 0.75
+    assert result["image"]["auroc"]["value"] == pytest.approx(5 / 6) and result["image"]["accuracy"]["value"] == 0.8
+    assert (result["patient"]["images"], result["patient"]["patients"]) == (4, 4)
+    assert (result["image"]["images"], result["image"]["patients"]) == (5, 5)
+    assert result["difference"]["auroc"]["value"] == pytest.approx(5 / 6 - 3 / 4)
+    assert result["difference"]["accuracy"]["value"] == pytest.approx(0.05)
+    # the difference's interval is the two-sample patient-clustered bootstrap of the two test sets
+    tests = {p: leakage.predictions[p][leakage.predictions[p]["split"] == "test"] for p in ("patient", "image")}
+    expected = cls.bootstrap_difference(
+        *((t["label"].to_numpy(), t["probability"].to_numpy()) for t in tests.values()),
+        0.5,
+        n=300,
+        seed=0,
+        clusters_a=tests["patient"]["patient"].astype(str).to_numpy(),
+        clusters_b=tests["image"]["patient"].astype(str).to_numpy(),
+    )
+    assert result["difference"]["auroc"] == expected["auroc"]
+    assert result["difference"]["auroc"]["low"] <= 1 / 12 <= result["difference"]["auroc"]["high"]
+    leaked, other = result["image_level_test"]["leaked"], result["image_level_test"]["other"]
+    assert (leaked["images"], leaked["auroc"]["value"]) == (2, 1.0)
+    assert (other["images"], other["auroc"]["value"]) == (3, 0.5)
+    assert report.leakage_comparison(None, bootstrap=10, seed=0) is None
+
+
+def test_leakage_section_states_the_numbers_and_that_synthetic_ones_test_the_machinery(tmp_path):
+    from cxrexplain.evaluation.document import Document
+
+    result = report.leakage_comparison(_leakage_by_hand(), bootstrap=200, seed=0)
+    result["image_level_test"]["other"]["auroc"] = None  # as for a group with one class only
+    facts = report.RunFacts("synthetic", "patient", "none", 64, 0, "abc1234", False)
+    doc = Document("t")
+    assert report.leakage_section(doc, result, facts) is result
+    markdown = doc.markdown(tmp_path)
+    assert "## Leakage audit: patient-wise vs image-level split" in markdown
+    assert "puts 2 of its 5 test images (40%) in test although their patients (2)" in markdown
+    assert "| patient-wise | 4 | 4 | 0.750 (" in markdown and "| image-level | 5 | 5 | 0.833 (" in markdown
+    d = result["difference"]["auroc"]
+    assert f"| difference (image − patient) |  |  | +0.083 ({d['low']:+.3f} to {d['high']:+.3f}) | +0.050 (" in markdown
+    assert "AUROC on the 2 images of leaked patients 1.000 (" in markdown
+    assert "on the other 3 images n/a (one class only)." in markdown
+    assert "these numbers test the audit's machinery" in markdown and "cannot show any inflation" not in markdown
+    nih = Document("t")
+    report.leakage_section(nih, result, dataclasses.replace(facts, source="nih"))
+    assert "machinery" not in nih.markdown(tmp_path)
+    for protocol in ("patient", "image"):  # both models perfect: the audit can show nothing here, and says so
+        result[protocol]["auroc"] = {"value": 1.0, "low": 1.0, "high": 1.0}
+    saturated = Document("t")
+    report.leakage_section(saturated, result, facts)
+    assert "at this setting the audit cannot show any inflation" in saturated.markdown(tmp_path)
+    assert report.leakage_section(Document("t"), None, facts) is None

@@ -22,7 +22,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.explain import pipeline
 from cxrexplain.explain.agreement import read_pneumonia_maps
 from cxrexplain.explain.single import explain_file
-from cxrexplain.stages import consistency, explain, train
+from cxrexplain.stages import consistency, explain, leakage, train
 from cxrexplain.workspace import Workspace
 from inprocess import cli
 from tinydata import write_tiny_dataset
@@ -296,6 +296,8 @@ def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
 
     root, params, _ = project
     consistency.run(params, ws=Workspace(root))  # the report reads its metrics (whatever order the tests run in)
+    one_epoch = validate({**PARAMS, "train": {**PARAMS["train"], "max_epochs": 1}})  # as the fixture's trainings
+    leakage.run(one_epoch, ws=Workspace(root), show_progress=False)  # and the audit's (one image per patient here)
     metrics_dir = root / "metrics"
     (metrics_dir / "sample.json").write_text(json.dumps({"cached": {"images": 48, "pneumonia": 24}}))
     (metrics_dir / "split.json").write_text(json.dumps({"splits": {"test": {"images": 12}}}))
@@ -326,3 +328,5 @@ def test_report_stage_writes_markdown_html_metrics_and_a_summary_run(project):
         "report/metrics.json",
     }
     assert "report/at_0.5/auroc" in client.get_run(ref["run_id"]).data.metrics
+    assert metrics["leakage"]["arch"] == "resnet18" and metrics["leakage"]["leaked_patients"] == 0
+    assert "## Leakage audit: patient-wise vs image-level split" in md

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cxrexplain import tracking
 from cxrexplain.config import validate
+from cxrexplain.data.split import leakage_audit
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import figures
 from cxrexplain.stages import report
@@ -117,6 +118,23 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
             ws.stage_metrics("explain", arch, seed).write_text(json.dumps(explained))
     consistency = {"gradcam": {"spearman": _interval(0.2), "top_iou": _interval(0.15)}}
     ws.consistency_metrics.write_text(json.dumps({"images": 12, "tie_orders": 2, "methods": consistency}))
+    write_leakage(ws, frame, archs[0])
+
+
+def write_leakage(ws: Workspace, frame: pd.DataFrame, arch: str) -> None:
+    """The pipeline's patient-wise split of ``frame`` and what the leakage stage leaves: an image-level split in which
+    every test image's patient has another image in train or val, its model's predictions, metrics/leakage.json."""
+    ws.split.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(ws.split, index=False)
+    image_level = frame.assign(split=["test", "train", "val", "test"] * (len(frame) // 4))
+    ws.leakage.model.dir.mkdir(parents=True)
+    image_level.to_csv(ws.leakage.split, index=False)
+    shown = image_level[image_level["split"] != "train"]
+    probability = np.clip(0.6 * shown["label"] + 0.4 * np.random.default_rng(1).random(len(shown)), 0, 1)
+    shown.assign(probability=probability).to_csv(ws.leakage.model.predictions, index=False)
+    audit = leakage_audit({"patient": frame, "image": image_level})
+    metrics = {"arch": arch, "protocols": {"pipeline": "patient", "audit": "image"}, **audit}
+    ws.stage_metrics("leakage").write_text(json.dumps(metrics))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -165,11 +183,19 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
     assert len(links) == 11 and all((out.dir / link).is_file() for link in links)
     assert "| pointing | saliency | 12 | +0.100 (+0.000 to +0.200) | McNemar 0.040 (0.080) |" in markdown
     assert "### Consistency across architectures" in markdown
+    # the leakage audit: every test image of the image-level split leaked (20 patients), so no "other" images
+    audit = metrics["leakage"]
+    assert (audit["arch"], audit["leaked_patients"], audit["leaked_test_images"]) == ("resnet50", 20, 20)
+    assert audit["patient"]["images"] == 24 and audit["image"]["images"] == 20
+    assert audit["image_level_test"]["other"] == {"images": 0, "patients": 0, "auroc": None, "accuracy": None}
+    assert written["leakage"] == json.loads(json.dumps(audit))
+    assert "## Leakage audit: patient-wise vs image-level split" in markdown
+    assert "on the other 0 images n/a (no images)" in markdown
     # the task each number belongs to: sample.json without "negatives" (older runs) is the study's task
     assert markdown.startswith("# cxrexplain report: Pneumonia vs No Finding") and metrics["negatives"] == "no_finding"
     assert "This run's task is the study's" in markdown
     # nothing of the build is left beside reports/
-    assert sorted(p.name for p in ws.root.iterdir()) == ["explain", "metrics", "models", "reports"]
+    assert sorted(p.name for p in ws.root.iterdir()) == ["data", "explain", "leakage", "metrics", "models", "reports"]
 
 
 def test_an_explain_folder_without_its_gallery_stops_the_report_before_it_changes_anything(reported):
@@ -195,6 +221,9 @@ def test_each_file_the_report_reads_is_required_before_work(ws, monkeypatch):
         (ws.model("densenet121", 44).predictions, "train@densenet121-44"),  # every seed's
         (ws.stage_metrics("explain", "resnet50", 43), "explain@resnet50-43"),
         (ws.consistency_metrics, "consistency"),
+        (ws.leakage.model.predictions, "leakage"),
+        (ws.stage_metrics("leakage"), "leakage"),
+        (ws.split, "split"),
     ):
         content = path.read_bytes()
         path.unlink()
@@ -217,7 +246,7 @@ def test_a_failure_half_way_leaves_the_old_report_byte_for_byte(reported, monkey
     with pytest.raises(RuntimeError, match="killed while drawing"):
         report.run(changed, ws=ws, log_to_mlflow=False)
     assert snapshot(ws.report.dir) == before
-    assert sorted(p.name for p in ws.root.iterdir()) == ["explain", "metrics", "models", "reports"]
+    assert sorted(p.name for p in ws.root.iterdir()) == ["data", "explain", "leakage", "metrics", "models", "reports"]
 
 
 def test_the_figures_are_in_place_before_the_markdown_that_links_them(reported, monkeypatch):

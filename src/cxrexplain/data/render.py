@@ -7,6 +7,12 @@ clavicles, posterior and anterior ribs, diaphragm domes, gastric bubble, lung ve
 (size, position, a few degrees of rotation, rib spacing), exposure variation (window and gamma), film noise and grid
 lines, and occasional burned-in text markers and ECG leads.
 
+A patient's follow-ups look alike, as real ones do: given the patient's own generator (``render_radiograph(...,
+patient=...)``), everything that belongs to the person or their hospital (anatomy, lung markings, habitual positioning,
+tone curve, grid, text markers, ECG leads) is the same on every image, and each image varies only what varies between
+real follow-ups (a small shift and rotation, inspiration, exposure and noise, devices and markers coming and going,
+its findings and opacities). That is what lets an image-level split leak patients, as on NIH.
+
 Pneumonia is drawn as :class:`Opacity` objects: patchy, ill-defined, textured brightenings made of several blended
 blobs. Each opacity is a layer that is exactly zero outside :meth:`Opacity.box`, and it is added after everything else
 that depends on the random generator, so an image rendered with opacities differs from the same image rendered without
@@ -328,9 +334,13 @@ def _pick(left: np.ndarray, pair: tuple[float, float]) -> np.ndarray:
     return left * np.float32(pair[1] - pair[0]) + np.float32(pair[0])
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
-    """Unit-ish Gaussian noise on a coarse ``cells`` grid, bicubically upsampled to ``shape`` (rows, cols)."""
-    coarse = rng.standard_normal(cells, dtype=np.float32)
+def _coarse_noise(rng: np.random.Generator, cells: tuple[int, int]) -> np.ndarray:
+    """Unit Gaussian noise on a coarse ``cells`` grid (rows, cols), float32: :func:`_upsample` makes it smooth."""
+    return rng.standard_normal(cells, dtype=np.float32)
+
+
+def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``coarse`` bicubically upsampled to ``shape`` (rows, cols): unit-ish, smooth noise."""
     return np.asarray(Image.fromarray(coarse).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
 
 
@@ -340,9 +350,148 @@ def _pair(rng: np.random.Generator, base: tuple[float, float], common: float, ea
     return (base[0] + shared + rng.uniform(-each, each), base[1] + shared + rng.uniform(-each, each))
 
 
+_Lead = tuple[float, float, float, float, float, float, float]  # electrode x, y; cable end x, y; bend x, y; radius
+_Marker = tuple[str, float, float, float, int, bool]  # text, x, y, glyph-cell size (image fraction), grey, framed
+
+WIRES_SHOWN = 0.75
+"""Chance that a monitored patient's ECG leads are on a given follow-up (devices come and go between images)."""
+MARKER_SHOWN = 0.9
+"""Chance that each of the hospital's burned-in text markers is on a given follow-up."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Person:
+    """What every radiograph of one patient shares: the person (body habitus, lung fields, diaphragm, heart, spine,
+    ribs, clavicles, the lung markings' pattern, breast shadows), their habitual positioning, and their hospital
+    (tone curve, detector noise and heel effect, anti-scatter grid, the burned-in text markers it prints, whether the
+    patient is monitored with ECG leads and where the electrodes sit). Drawn in a fixed order from the patient's
+    generator by :func:`_draw_person`; :func:`_draw_patient` adds one radiograph's variation."""
+
+    rot: float
+    shift_x: float
+    shift_y: float
+    scale_x: float
+    scale_y: float
+    neck_w: float
+    torso_w: float
+    shoulder_y: float
+    tissue: float
+    apex: tuple[float, float]
+    base: tuple[float, float]
+    dome_h: tuple[float, float]
+    lateral: tuple[float, float]
+    medial: float
+    knob: float
+    heart: tuple[float, float, float, float, float]
+    air: float
+    spine_w: float
+    spine_amp: float
+    vert_period: float
+    vert_phase: float
+    rib_y0: float
+    rib_sp: float
+    rib_k: float
+    rib_a1: float
+    rib_a2: float
+    rib_w: float
+    rib_amp: float
+    arib_amp: float
+    arib_y0: float
+    arib_sp: float
+    clav_y: float
+    clav_slope: float
+    clav_amp: float
+    vessel_amp: float
+    hilum_y: tuple[float, float]
+    breasts: float
+    bg: float
+    heel: float
+    mottle: float
+    lo: float
+    hi: float
+    gamma: float
+    noise: float
+    grid_amp: float
+    grid_period: float
+    leads: tuple[_Lead, ...]  # empty: not monitored
+    markers: tuple[_Marker, ...]
+    warp: np.ndarray  # coarse noise of the lung markings (see _anatomy), the person's own
+    polar: np.ndarray
+    parenchyma: np.ndarray
+
+
+def _draw_person(rng: np.random.Generator, n: int) -> _Person:
+    """One patient's :class:`_Person`, for images drawn at ``n`` px (the parenchymal noise's grid follows ``n``)."""
+    u = rng.uniform
+    person = dict(
+        rot=float(np.clip(rng.normal(0.0, 1.3), -3.5, 3.5)) * math.pi / 180.0,
+        shift_x=u(-0.016, 0.016),
+        shift_y=u(-0.022, 0.017),
+        scale_x=u(0.94, 1.05),
+        scale_y=u(0.94, 1.05),
+        neck_w=u(0.09, 0.13),
+        torso_w=u(0.385, 0.43),
+        shoulder_y=u(0.06, 0.12),
+        tissue=u(0.85, 1.15),
+        apex=_pair(rng, _APEX, 0.012, 0.006),
+        base=_pair(rng, _BASE, 0.025, 0.01),
+        dome_h=_pair(rng, _DOME_H, 0.015, 0.01),
+        lateral=_pair(rng, _LATERAL, 0.015, 0.008),
+        medial=_MEDIAL + u(-0.006, 0.008),
+        knob=u(0.015, 0.04),
+        heart=(
+            _HEART[0] + u(-0.015, 0.015),
+            _HEART[1] + u(-0.02, 0.02),
+            _HEART[2] * u(0.9, 1.1),
+            _HEART[3] * u(0.92, 1.08),
+            _HEART[4] + u(-0.12, 0.12),
+        ),
+        air=u(0.34, 0.41),
+        spine_w=u(0.028, 0.036),
+        spine_amp=u(0.03, 0.05),
+        vert_period=u(0.036, 0.044),
+        vert_phase=u(0.0, 1.0),
+        rib_y0=u(0.085, 0.115),
+        rib_sp=u(0.05, 0.06),
+        rib_k=u(0.004, 0.014),
+        rib_a1=u(-0.4, -0.25),
+        rib_a2=u(1.7, 2.3),
+        rib_w=u(0.36, 0.48),
+        rib_amp=u(0.05, 0.09),
+        arib_amp=u(0.025, 0.045),
+        arib_y0=u(0.2, 0.25),
+        arib_sp=u(0.065, 0.08),
+        clav_y=u(0.15, 0.2),
+        clav_slope=u(0.1, 0.22),
+        clav_amp=u(0.09, 0.14),
+        vessel_amp=u(0.045, 0.08),
+        hilum_y=_pair(rng, (0.41, 0.39), 0.02, 0.01),
+        breasts=u(0.0, 1.0),
+        bg=u(0.0, 0.08),
+        heel=u(-0.05, 0.05),
+        mottle=u(0.008, 0.02),
+        lo=u(-0.01, 0.06),
+        hi=u(0.72, 0.9),
+        gamma=u(0.8, 1.22),
+        noise=u(0.005, 0.012),
+        grid_amp=u(0.004, 0.012) if rng.random() < 0.25 else 0.0,
+        grid_period=u(2.2, 3.4),
+    )
+    monitored, side_marker, label = (bool(rng.random() < q) for q in (0.2, 0.15, 0.12))
+    return _Person(
+        **person,
+        leads=_plan_leads(rng) if monitored else (),
+        markers=_plan_markers(rng, side_marker, label),
+        warp=_coarse_noise(rng, (9, 9)),
+        polar=_coarse_noise(rng, (80, 7)),
+        parenchyma=_coarse_noise(rng, (max(4, n // 6), max(4, n // 6))),
+    )
+
+
 @dataclass
 class _Patient:
-    """Everything random about one radiograph except noise fields; drawn in a fixed order from the rng."""
+    """Everything random about one radiograph but its noise fields: the :class:`_Person` as positioned, inspired and
+    exposed this time (:func:`_draw_patient`), and which of their devices and markers it shows."""
 
     rot: float
     shift_x: float
@@ -392,72 +541,104 @@ class _Patient:
     noise: float
     grid_amp: float
     grid_period: float
-    wires: bool
-    side_marker: bool
-    label: bool
+    leads: tuple[_Lead, ...]  # shown on this image
+    markers: tuple[_Marker, ...]  # shown on this image
+
+    @property
+    def wires(self) -> bool:
+        return bool(self.leads)
+
+    @property
+    def side_marker(self) -> bool:
+        return any(len(m[0]) == 1 for m in self.markers)
+
+    @property
+    def label(self) -> bool:
+        return any(len(m[0]) > 1 for m in self.markers)
 
 
-def _draw_patient(rng: np.random.Generator) -> _Patient:
+def _draw_patient(rng: np.random.Generator, person: _Person) -> _Patient:
+    """One follow-up of ``person``: positioning (a shift of about ±1 % and a rotation of about ±1° around their
+    habitual one, a magnification within ±1.5 %, the arms), depth of inspiration (the diaphragm ±1.2 % of the image
+    height, lung air ±5 %), exposure (window ±1.5-3 %, gamma ±6 %, noise ±20 %, heel effect), the gastric bubble,
+    whether their ECG leads are on (:data:`WIRES_SHOWN`, electrodes re-placed within about ±1 %) and each of their
+    hospital's markers (:data:`MARKER_SHOWN`, moved within ±0.8 %). A fixed number of draws from ``rng`` before the
+    devices and markers, whose draws depend only on the person."""
     u = rng.uniform
-    return _Patient(
-        rot=float(np.clip(rng.normal(0.0, 1.6), -4.0, 4.0)) * math.pi / 180.0,
-        shift_x=u(-0.025, 0.025),
-        shift_y=u(-0.03, 0.025),
-        scale_x=u(0.93, 1.06),
-        scale_y=u(0.93, 1.06),
-        neck_w=u(0.09, 0.13),
-        torso_w=u(0.385, 0.43),
-        shoulder_y=u(0.06, 0.12),
-        tissue=u(0.85, 1.15),
+    q = person
+    breath = u(-0.012, 0.012)
+    p = _Patient(
+        rot=q.rot + float(np.clip(rng.normal(0.0, 0.7), -1.5, 1.5)) * math.pi / 180.0,
+        shift_x=q.shift_x + u(-0.009, 0.009),
+        shift_y=q.shift_y + u(-0.008, 0.008),
+        scale_x=q.scale_x * u(0.985, 1.015),
+        scale_y=q.scale_y * u(0.985, 1.015),
+        neck_w=q.neck_w,
+        torso_w=q.torso_w,
+        shoulder_y=q.shoulder_y + u(-0.006, 0.006),
+        tissue=q.tissue,
         arm_gap=u(-0.01, 0.05),
-        apex=_pair(rng, _APEX, 0.012, 0.006),
-        base=_pair(rng, _BASE, 0.03, 0.01),
-        dome_h=_pair(rng, _DOME_H, 0.015, 0.01),
-        lateral=_pair(rng, _LATERAL, 0.015, 0.008),
-        medial=_MEDIAL + u(-0.006, 0.008),
-        knob=u(0.015, 0.04),
-        heart=(
-            _HEART[0] + u(-0.015, 0.015),
-            _HEART[1] + u(-0.02, 0.02),
-            _HEART[2] * u(0.9, 1.1),
-            _HEART[3] * u(0.92, 1.08),
-            _HEART[4] + u(-0.12, 0.12),
-        ),
-        air=u(0.33, 0.42),
-        spine_w=u(0.028, 0.036),
-        spine_amp=u(0.03, 0.05),
-        vert_period=u(0.036, 0.044),
-        vert_phase=u(0.0, 1.0),
-        rib_y0=u(0.085, 0.115),
-        rib_sp=u(0.05, 0.06),
-        rib_k=u(0.004, 0.014),
-        rib_a1=u(-0.4, -0.25),
-        rib_a2=u(1.7, 2.3),
-        rib_w=u(0.36, 0.48),
-        rib_amp=u(0.05, 0.09),
-        arib_amp=u(0.025, 0.045),
-        arib_y0=u(0.2, 0.25),
-        arib_sp=u(0.065, 0.08),
-        clav_y=u(0.15, 0.2),
-        clav_slope=u(0.1, 0.22),
-        clav_amp=u(0.09, 0.14),
-        vessel_amp=u(0.045, 0.08),
-        hilum_y=_pair(rng, (0.41, 0.39), 0.02, 0.01),
+        apex=q.apex,
+        base=(q.base[0] + breath, q.base[1] + breath),
+        dome_h=q.dome_h,
+        lateral=q.lateral,
+        medial=q.medial,
+        knob=q.knob,
+        heart=q.heart,
+        air=q.air * u(0.95, 1.05),
+        spine_w=q.spine_w,
+        spine_amp=q.spine_amp,
+        vert_period=q.vert_period,
+        vert_phase=q.vert_phase,
+        rib_y0=q.rib_y0,
+        rib_sp=q.rib_sp,
+        rib_k=q.rib_k,
+        rib_a1=q.rib_a1,
+        rib_a2=q.rib_a2,
+        rib_w=q.rib_w,
+        rib_amp=q.rib_amp,
+        arib_amp=q.arib_amp,
+        arib_y0=q.arib_y0,
+        arib_sp=q.arib_sp,
+        clav_y=q.clav_y,
+        clav_slope=q.clav_slope,
+        clav_amp=q.clav_amp,
+        vessel_amp=q.vessel_amp,
+        hilum_y=q.hilum_y,
         bubble=u(0.0, 1.0),
-        breasts=u(0.0, 1.0),
-        bg=u(0.0, 0.08),
-        heel=u(-0.06, 0.06),
-        mottle=u(0.008, 0.02),
-        lo=u(-0.02, 0.07),
-        hi=u(0.7, 0.92),
-        gamma=u(0.75, 1.3),
-        noise=u(0.004, 0.014),
-        grid_amp=u(0.004, 0.012) if rng.random() < 0.25 else 0.0,
-        grid_period=u(2.2, 3.4),
-        wires=bool(rng.random() < 0.15),
-        side_marker=bool(rng.random() < 0.15),
-        label=bool(rng.random() < 0.12),
+        breasts=q.breasts,
+        bg=q.bg,
+        heel=q.heel + u(-0.015, 0.015),
+        mottle=q.mottle,
+        lo=q.lo + u(-0.015, 0.015),
+        hi=q.hi + u(-0.03, 0.03),
+        gamma=q.gamma * u(0.94, 1.06),
+        noise=q.noise * u(0.8, 1.2),
+        grid_amp=q.grid_amp,
+        grid_period=q.grid_period,
+        leads=(),
+        markers=(),
     )
+    if q.leads and rng.random() < WIRES_SHOWN:
+        p.leads = tuple(
+            (
+                ex + u(-0.012, 0.012),
+                ey + u(-0.012, 0.012),
+                tx + u(-0.02, 0.02),
+                ty + u(-0.02, 0.02),
+                mx + u(-0.03, 0.03),
+                my + u(-0.03, 0.03),
+                rad,
+            )
+            for ex, ey, tx, ty, mx, my, rad in q.leads
+        )
+    shown = []
+    for text, x, y, cell, level, framed in q.markers:
+        dx, dy = u(-0.008, 0.008), u(-0.008, 0.008)
+        if rng.random() < MARKER_SHOWN:
+            shown.append((text, x + dx, y + dy, cell, level, framed))
+    p.markers = tuple(shown)
+    return p
 
 
 def _normalise_findings(findings: Sequence[str]) -> frozenset[str]:
@@ -476,6 +657,7 @@ def render_radiograph(
     rng: np.random.Generator,
     size: int,
     *,
+    patient: np.random.Generator | None = None,
     opacities: Sequence[Opacity] = (),
     findings: Sequence[str] = (),
     opacity_contrast: float = 1.0,
@@ -483,10 +665,16 @@ def render_radiograph(
     """Draw one synthetic frontal chest radiograph.
 
     Args:
-        rng: The only source of randomness (besides each opacity's own ``seed``); the same generator state and
-            arguments give identical bytes. Opacities draw nothing from it, so the same state rendered with and
-            without opacities gives the same patient and differs only inside the opacities' boxes.
+        rng: The image's source of randomness (besides ``patient`` and each opacity's own ``seed``); the same
+            generator states and arguments give identical bytes. Opacities draw nothing from it, so the same state
+            rendered with and without opacities gives the same patient and differs only inside the opacities' boxes.
         size: Width and height in pixels (at least ``MIN_SIZE``).
+        patient: The patient's generator: who they are and where they are imaged (anatomy, lung markings, habitual
+            positioning, the hospital's tone curve, grid and text markers, ECG leads if monitored: see
+            :class:`_Person`) is drawn from it, in a fixed order, so follow-ups rendered with generators in the same
+            state show the same person, as real follow-up series do; ``rng`` then varies positioning, inspiration,
+            exposure, noise and which devices and markers this image shows (:func:`_draw_patient`). ``None``: the
+            person is drawn from ``rng`` first (a new person for every image).
         opacities: Pneumonia-like opacities to add; each brightens only pixels inside its ``box(size)``.
         findings: NIH labels present besides Pneumonia / No Finding. Those in ``RENDERED_FINDINGS`` get a visual cue
             (e.g. Cardiomegaly: a larger heart; Effusion: a basal opacity with a meniscus; Nodule / Mass: a small /
@@ -501,12 +689,13 @@ def render_radiograph(
     size = _check_size(size)
     wanted = _normalise_findings(findings)
     finding_rng = np.random.default_rng(rng.integers(0, 2**63, dtype=np.uint64))  # always drawn: stable stream
-    p = _draw_patient(rng)
     n = min(size, MAX_RENDER_SIZE)
+    person = _draw_person(rng if patient is None else patient, n)
+    p = _draw_patient(rng, person)
     cue = _FindingCues.draw(finding_rng, wanted, p)
-    attenuation = _anatomy(rng, n, p, cue)
-    if p.wires:
-        attenuation += _ecg_leads(rng, n)
+    attenuation = _anatomy(rng, n, p, person, cue)
+    if p.leads:
+        attenuation += _ecg_leads(p.leads, n)
     if n != size:
         up = Image.fromarray(attenuation).resize((size, size), Image.Resampling.BICUBIC)
         attenuation = np.array(up)
@@ -514,14 +703,13 @@ def render_radiograph(
     if p.grid_amp:
         attenuation += np.float32(p.grid_amp) * np.cos(u * np.float32(2 * math.pi * size / p.grid_period))
     attenuation += rng.standard_normal((size, size), dtype=np.float32) * np.float32(p.noise)
-    marker_plan = _plan_markers(rng, p)
     # Opacities last: they use no rng, and only the pixels of their patches change.
     for op in opacities:
         x0, y0, patch = _opacity_patch(op, size)
         h, w = patch.shape
         attenuation[y0 : y0 + h, x0 : x0 + w] += patch * np.float32(OPACITY_CONTRAST * opacity_contrast)
     image = _tone_map(attenuation, p)
-    _burn_markers(image, marker_plan)
+    _burn_markers(image, p.markers)
     return image
 
 
@@ -591,19 +779,20 @@ class _FindingCues:
 _POLAR = (256, 64)  # angle × radius samples of the lung-marking noise, per lung
 
 
-def _anatomy(rng: np.random.Generator, n: int, p: _Patient, cue: _FindingCues) -> np.ndarray:
+def _anatomy(rng: np.random.Generator, n: int, p: _Patient, person: _Person, cue: _FindingCues) -> np.ndarray:
     """Linear attenuation map (float32, about 0..1) of the patient on an ``n``×``n`` grid.
 
-    The noise fields are drawn first (whole image, fixed order); the geometry is then evaluated in strips of rows
-    small enough (≤ 64 KiB per temporary) to keep the many temporaries cache-resident.
+    The lung markings' noise is the person's (the same vessels and parenchyma on every follow-up); the film mottle is
+    this image's, drawn from ``rng``. The geometry is then evaluated in strips of rows small enough (≤ 64 KiB per
+    temporary) to keep the many temporaries cache-resident.
     """
     u, v = _grid(n)
     na, nr = _POLAR
     noise = _Noise(
-        warp=_smooth_noise(rng, (n, n), (9, 9)),
-        polar=_smooth_noise(rng, (2 * na, nr), (80, 7)),
-        mottle=_smooth_noise(rng, (n, n), (max(4, n // 6), max(4, n // 6))),
-        film=_smooth_noise(rng, (n, n), (6, 6)),
+        warp=_upsample(person.warp, (n, n)),
+        polar=_upsample(person.polar, (2 * na, nr)),
+        mottle=_upsample(person.parenchyma, (n, n)),
+        film=_upsample(_coarse_noise(rng, (6, 6)), (n, n)),
     )
     att = np.empty((n, n), np.float32)
     step = max(8, 16384 // n)
@@ -872,22 +1061,30 @@ def _spine_and_airways(att: np.ndarray, X: np.ndarray, Y: np.ndarray, u: np.ndar
     att[sl] -= f32(0.08) * np.maximum(trachea, bronchi)
 
 
-def _ecg_leads(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Thin bright wires curving off the chest to round electrodes, drawn 2× supersampled, as attenuation."""
-    big = 2 * n
-    canvas = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(canvas)
-    width = max(2, round(big * 0.004))
+def _plan_leads(rng: np.random.Generator) -> tuple[_Lead, ...]:
+    """Two to four ECG leads: where each electrode sits on the chest and where its cable runs off the image."""
+    leads = []
     for _ in range(int(rng.integers(2, 5))):
         ex, ey = rng.uniform(0.22, 0.78), rng.uniform(0.2, 0.62)
         tx = float(rng.choice([rng.uniform(-0.05, 0.15), rng.uniform(0.85, 1.05)]))
         ty = rng.uniform(-0.05, 0.4)
         mx, my = 0.5 * (ex + tx) + rng.uniform(-0.15, 0.15), 0.5 * (ey + ty) + rng.uniform(-0.15, 0.15)
+        leads.append((float(ex), float(ey), tx, float(ty), float(mx), float(my), float(rng.uniform(0.014, 0.02))))
+    return tuple(leads)
+
+
+def _ecg_leads(leads: Sequence[_Lead], n: int) -> np.ndarray:
+    """Thin bright wires curving off the chest to round electrodes, drawn 2× supersampled, as attenuation."""
+    big = 2 * n
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(big * 0.004))
+    for ex, ey, tx, ty, mx, my, radius in leads:
         t = np.linspace(0.0, 1.0, 40)
         bx = (1 - t) ** 2 * ex + 2 * (1 - t) * t * mx + t**2 * tx
         by = (1 - t) ** 2 * ey + 2 * (1 - t) * t * my + t**2 * ty
         draw.line(list(zip((bx * big).tolist(), (by * big).tolist(), strict=True)), fill=200, width=width)
-        rad = big * rng.uniform(0.014, 0.02)
+        rad = big * radius
         cx, cy = ex * big, ey * big
         draw.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), outline=255, width=max(2, round(rad * 0.3)))
         draw.ellipse((cx - rad * 0.35, cy - rad * 0.35, cx + rad * 0.35, cy + rad * 0.35), fill=255)
@@ -923,24 +1120,24 @@ def _text_bitmap(text: str) -> np.ndarray:
     return np.concatenate(cols[:-1], axis=1)
 
 
-def _plan_markers(rng: np.random.Generator, p: _Patient) -> list[tuple[str, float, float, float, int, bool]]:
-    """Burned-in text to draw: (text, x, y, glyph-cell size as image fraction, grey level, framed)."""
-    plan = []
-    if p.side_marker:
+def _plan_markers(rng: np.random.Generator, side_marker: bool, label: bool) -> tuple[_Marker, ...]:
+    """A hospital's burned-in text: (text, x, y, glyph-cell size as image fraction, grey level, framed)."""
+    plan: list[_Marker] = []
+    if side_marker:
         letter = "R" if rng.random() < 0.6 else "L"
         x = rng.uniform(0.03, 0.14) if letter == "R" else rng.uniform(0.84, 0.93)
         plan.append((letter, x, rng.uniform(0.03, 0.2), rng.uniform(0.006, 0.01), int(rng.integers(220, 256)), True))
-    if p.label:
+    if label:
         text = _LABELS[int(rng.integers(len(_LABELS)))]
         cell = rng.uniform(0.004, 0.007)
         width = (6 * len(text) - 1) * cell
         x = rng.uniform(0.02, 0.1) if rng.random() < 0.5 else rng.uniform(0.9 - width, 0.97 - width)
         y = rng.uniform(0.02, 0.06) if rng.random() < 0.7 else rng.uniform(0.9, 0.94)
         plan.append((text, x, y, cell, int(rng.integers(200, 256)), bool(rng.random() < 0.3)))
-    return plan
+    return tuple(plan)
 
 
-def _burn_markers(image: np.ndarray, plan: list[tuple[str, float, float, float, int, bool]]) -> None:
+def _burn_markers(image: np.ndarray, plan: Sequence[_Marker]) -> None:
     """Draw the planned text as bright blocky glyphs (optionally inside a bright frame), in place."""
     size = image.shape[0]
     for text, fx, fy, fcell, level, framed in plan:

@@ -2,7 +2,8 @@
 
 Grouping by patient is what keeps a patient's follow-ups from sitting on both sides of the evaluation. With
 ``group_by="image"`` the split reproduces the study's image-level protocol, which leaks patients; :func:`leakage`
-measures how much, for an audit. :func:`split_cohort` is the whole stage's work: the split table and its metrics.
+measures how much, and :func:`leakage_audit` what the image-level split of a cohort leaks into its test set (the
+``leakage`` stage). :func:`split_cohort` is the whole stage's work: the split table and its metrics.
 """
 
 from __future__ import annotations
@@ -122,6 +123,50 @@ def leakage(index: pd.DataFrame, split: pd.Series) -> dict[str, int]:
         | (patients["val"] & patients["test"])
     )
     return out
+
+
+PROTOCOLS = ("patient", "image")
+
+
+def other_protocol(group_by: str) -> str:
+    """The split protocol the leakage audit compares ``group_by`` with: ``patient`` ↔ ``image``."""
+    if group_by not in PROTOCOLS:
+        raise CxrError(f"split.group_by: {group_by!r} is not one of {PROTOCOLS}")
+    return PROTOCOLS[1 - PROTOCOLS.index(group_by)]
+
+
+def leaked_test_images(table: pd.DataFrame) -> pd.Series:
+    """Per row of a split table (``patient``, ``split``): a test image whose patient also has an image in train or
+    val, i.e. one the model may have seen the patient of (none in a patient-wise split)."""
+    seen = set(table.loc[table["split"] != "test", "patient"])
+    return (table["split"] == "test") & table["patient"].isin(seen)
+
+
+def leakage_audit(tables: Mapping[str, pd.DataFrame]) -> dict:
+    """What the image-level split of the same cohort leaks, and each protocol's test set.
+
+    ``tables``: protocol (``patient``, ``image``) → split table (``image``, ``patient``, ``split``). Returns the
+    image-level split's ``leaked_patients`` (test patients with an image in train or val), ``leaked_test_images``
+    (their test images) and ``leaked_test_image_share`` (of the test images), and per protocol ``test`` images and
+    patients.
+    """
+    if set(tables) != set(PROTOCOLS):
+        raise ValueError(f"leakage_audit needs one split table per protocol {PROTOCOLS}, got {sorted(tables)}")
+    image = tables["image"]
+    leaked = leaked_test_images(image)
+    test_images = int((image["split"] == "test").sum())
+    return {
+        "leaked_patients": int(image.loc[leaked, "patient"].nunique()),
+        "leaked_test_images": int(leaked.sum()),
+        "leaked_test_image_share": round(int(leaked.sum()) / max(test_images, 1), 4),
+        "test": {
+            protocol: {
+                "images": int((t["split"] == "test").sum()),
+                "patients": int(t.loc[t["split"] == "test", "patient"].nunique()),
+            }
+            for protocol, t in tables.items()
+        },
+    }
 
 
 def split_summary(index: pd.DataFrame, split: pd.Series) -> dict[str, dict[str, int]]:

@@ -5,8 +5,9 @@ It is **not medical data**: pixels come from :mod:`cxrexplain.data.render`, labe
 can run, and be tested, without the 42 GB download.
 
 Everything is deterministic for a seed: each image's pixels and opacities come from a generator seeded with
-``(seed, patient, follow-up)``, archives are written with fixed mtimes and gzip headers, so the same seed gives the
-same bytes whatever the number of workers.
+``(seed, patient, follow-up)`` and the person it shows from one seeded with ``(seed, patient)`` (a patient's
+follow-ups share their anatomy, hospital, devices and markers: :mod:`cxrexplain.data.render`); archives are written
+with fixed mtimes and gzip headers, so the same seed gives the same bytes whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ class MirrorIndex:
 
 def _image_rng(seed: int, patient: int, follow_up: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, patient, follow_up, stream])
+
+
+_PERSON = 0xFFFFFFFF  # in the follow-up's place: no image has it
+
+
+def _patient_rng(seed: int, patient: int) -> np.random.Generator:
+    """The patient's own generator: every follow-up is rendered as the same person (render_radiograph's patient)."""
+    return np.random.default_rng([seed, patient, _PERSON, 0])
 
 
 def _weighted_choice(rng: np.random.Generator, weights: dict[str, float], k: int) -> list[str]:
@@ -236,6 +245,7 @@ def _render_png(task: _RenderTask, size: int, seed: int, contrast: float = 1.0) 
     pixels = render_radiograph(
         _image_rng(seed, task.patient, task.follow_up, 0),
         size,
+        patient=_patient_rng(seed, task.patient),
         opacities=task.opacities,
         findings=task.findings,
         opacity_contrast=contrast,

@@ -8,11 +8,13 @@ torchmetrics' functional metrics (what training logs, :func:`cxrexplain.evaluati
 return float32 ratios (so equal to 1e-7, not bitwise), and to sklearn's. The report imports no torch through this
 module. Intervals are percentile bootstrap over images, or over patients when cluster ids are given (resampled with
 replacement, ``n`` times, fixed seed). A resample with one class only gives no AUROC/AUPRC and is skipped for those
-two. Two AUROCs on the same images are compared with DeLong's test (:func:`delong`).
+two. Two AUROCs on the same images are compared with DeLong's test (:func:`delong`); metrics of two different sets
+of images (the leakage audit's two test sets) with :func:`bootstrap_difference`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -163,6 +165,103 @@ def bootstrap_metrics(
         low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2]) if len(values) else (np.nan, np.nan)
         out[k] = {"value": point[k], "low": float(low), "high": float(high)}
     return out
+
+
+def cluster_bootstrap_difference(
+    run: np.ndarray,
+    ref: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    run_clusters: Sequence | None = None,
+    ref_clusters: Sequence | None = None,
+    paired: bool = False,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(difference, low, high)``, each one value per component of ``statistic``: ``statistic(run) −
+    statistic(ref)`` and its percentile-bootstrap ``1 − alpha`` interval.
+
+    ``run`` and ``ref`` hold one row per image (any number of columns); ``statistic`` maps such rows to a vector (NaN
+    allowed: that component of that resample is left out, e.g. an AUROC of a one-class resample). Clusters (one id per
+    row, e.g. the patient; default: every row its own) are resampled with replacement, every row of a drawn cluster
+    taken (the cluster bootstrap, as :func:`cxrexplain.explain.measures.statistics.bootstrap_ci`). The one
+    implementation of a bootstrapped difference: :func:`bootstrap_difference` (the leakage audit) and
+    ``cxrexplain compare`` (:mod:`cxrexplain.evaluation.compare`) call it.
+
+    ``paired``: ``run`` and ``ref`` are the same images in the same order; the clusters (``run_clusters``) are drawn
+    once per resample for both sides, ``rng.integers(0, k, (n, k))`` from ``numpy.random.default_rng(seed)``, the
+    draws of :func:`~cxrexplain.explain.measures.statistics.bootstrap_ci` (so for ``statistic = mean`` the result is
+    ``bootstrap_ci`` of the per-image differences, tested). Unpaired: each side's clusters are drawn independently,
+    the run's ``(n, k_run)`` draws first.
+    """
+    run, ref = np.asarray(run, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if paired and len(run) != len(ref):
+        raise ValueError(f"paired samples must have the same rows: {len(run)} and {len(ref)}")
+
+    def clusters(ids: Sequence | None, size: int) -> Clusters:
+        return Clusters.of(np.arange(size) if ids is None else ids)
+
+    run_groups = clusters(run_clusters, len(run))
+    ref_groups = run_groups if paired else clusters(ref_clusters, len(ref))
+    rng = np.random.default_rng(seed)
+    run_draws = rng.integers(0, run_groups.k, size=(n, run_groups.k))
+    ref_draws = run_draws if paired else rng.integers(0, ref_groups.k, size=(n, ref_groups.k))
+    estimate = np.atleast_1d(
+        np.asarray(statistic(run), dtype=np.float64) - np.asarray(statistic(ref), dtype=np.float64)
+    )
+    resampled = np.array(
+        [
+            np.asarray(statistic(run[run_groups.members(a)]), dtype=np.float64)
+            - np.asarray(statistic(ref[ref_groups.members(b)]), dtype=np.float64)
+            for a, b in zip(run_draws, ref_draws, strict=True)
+        ]
+    ).reshape(n, -1)
+    low, high = np.full(estimate.shape, np.nan), np.full(estimate.shape, np.nan)
+    for j in range(estimate.size):
+        values = resampled[:, j][~np.isnan(resampled[:, j])]
+        if len(values):
+            low[j], high[j] = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return estimate, low, high
+
+
+def bootstrap_difference(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    threshold: float,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    clusters_a: Any = None,
+    clusters_b: Any = None,
+) -> dict[str, dict[str, float]]:
+    """``{metric: {"value", "low", "high"}}`` of the difference ``metric(b) − metric(a)`` between two test sets.
+
+    ``a`` and ``b`` are ``(labels, probabilities)`` of two *different* sets of images (e.g. the test sets of a
+    patient-wise and an image-level split of one cohort), so the two are not paired: each resample draws set ``b``
+    and, independently, set ``a`` with replacement (their clusters, e.g. patients, when ``clusters_a`` /
+    ``clusters_b`` are given, as :func:`bootstrap_metrics` does for one set) and takes the difference of the two
+    resamples' metrics (:func:`cluster_bootstrap_difference`, ``b``'s draws first); the interval is the ``alpha/2``
+    and ``1 − alpha/2`` percentiles of those ``n`` differences (the percentile bootstrap of a two-sample statistic, as
+    ``scipy.stats.bootstrap(..., paired=False, method="percentile")``). A resample in which either set has one class
+    only gives no AUROC/AUPRC difference and is skipped for those two. For two AUROCs on the *same* images use
+    :func:`delong`.
+    """
+    rows = []
+    for (labels, probabilities), clusters in ((a, clusters_a), (b, clusters_b)):
+        labels = np.asarray(labels).astype(int)
+        if clusters is not None and len(clusters) != len(labels):
+            raise ValueError(f"clusters must give one id per image: {len(clusters)} ids for {len(labels)} images")
+        rows.append(np.column_stack([labels, np.asarray(probabilities, dtype=np.float64)]))
+
+    def metrics(table: np.ndarray) -> np.ndarray:
+        values = point_metrics(table[:, 0].astype(int), table[:, 1], threshold)
+        return np.array([values[k] for k in METRICS])
+
+    value, low, high = cluster_bootstrap_difference(
+        rows[1], rows[0], metrics, run_clusters=clusters_b, ref_clusters=clusters_a, n=n, alpha=alpha, seed=seed
+    )
+    return {k: {"value": float(value[j]), "low": float(low[j]), "high": float(high[j])} for j, k in enumerate(METRICS)}
 
 
 def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ verdict *changed* when 0 lies outside that interval. Which noise decides:
   (tested against it). The values shown are the seed means (± sd). It asks whether retraining at the two commits
   gives different models, which is the question a commit raises.
 - **Otherwise (one seed on either side): the test patients' bootstrap.** A 95 % percentile-bootstrap interval of the
-  difference from the primary seeds' per-image data (:func:`bootstrap_difference`): the test predictions
-  (``train/predictions.csv``) for the classification metrics, recomputed per resample with
+  difference from the primary seeds' per-image data (:func:`~.classification.cluster_bootstrap_difference`): the
+  test predictions (``train/predictions.csv``) for the classification metrics, recomputed per resample with
   :func:`cxrexplain.evaluation.classification.point_metrics`; Grad-CAM's per-image measures
   (``explain/per_image.csv``) for the measures, whose per-resample statistic is the difference of the means. When
   both sides hold exactly the same images, the images are paired and the patients are resampled once for both sides
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +37,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cxrexplain.evaluation.classification import point_metrics
+from cxrexplain.evaluation.classification import cluster_bootstrap_difference, point_metrics
 from cxrexplain.evaluation.document import Document
 from cxrexplain.evaluation.seeds import CLASSIFICATION, METHOD
-from cxrexplain.explain.measures.statistics import Clusters
 
 THRESHOLD = 0.5  # the classification metrics compared are the report's at 0.5
 COLUMNS = ("arch", "metric", "ref", "run", "ref_sd", "run_sd", "difference", "low", "high", "changed", "method")
@@ -72,62 +71,6 @@ def welch_interval(run: Sequence[float], ref: Sequence[float], confidence: float
     return difference, difference - half, difference + half
 
 
-def bootstrap_difference(
-    run: np.ndarray,
-    ref: np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
-    *,
-    run_clusters: Sequence | None = None,
-    ref_clusters: Sequence | None = None,
-    paired: bool = False,
-    n: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(difference, low, high)``, each one value per component of ``statistic``: ``statistic(run) −
-    statistic(ref)`` and its percentile-bootstrap ``1 − alpha`` interval.
-
-    ``run`` and ``ref`` hold one row per image (any number of columns); ``statistic`` maps such rows to a vector (NaN
-    allowed: that component of that resample is left out, e.g. an AUROC of a one-class resample). Clusters (one id per
-    row, e.g. the patient; default: every row its own) are resampled with replacement, every row of a drawn cluster
-    taken (the cluster bootstrap, as :func:`cxrexplain.explain.measures.statistics.bootstrap_ci`).
-
-    ``paired``: ``run`` and ``ref`` are the same images in the same order; the clusters (``run_clusters``) are drawn
-    once per resample for both sides, ``rng.integers(0, k, (n, k))`` from ``numpy.random.default_rng(seed)``, the
-    draws of :func:`~cxrexplain.explain.measures.statistics.bootstrap_ci` (so for ``statistic = mean`` the result is
-    ``bootstrap_ci`` of the per-image differences, tested). Unpaired: each side's clusters are drawn independently,
-    the run's ``(n, k_run)`` draws first.
-    """
-    run, ref = np.asarray(run, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if paired and len(run) != len(ref):
-        raise ValueError(f"paired samples must have the same rows: {len(run)} and {len(ref)}")
-
-    def clusters(ids: Sequence | None, size: int) -> Clusters:
-        return Clusters.of(np.arange(size) if ids is None else ids)
-
-    run_groups = clusters(run_clusters, len(run))
-    ref_groups = run_groups if paired else clusters(ref_clusters, len(ref))
-    rng = np.random.default_rng(seed)
-    run_draws = rng.integers(0, run_groups.k, size=(n, run_groups.k))
-    ref_draws = run_draws if paired else rng.integers(0, ref_groups.k, size=(n, ref_groups.k))
-    estimate = np.atleast_1d(
-        np.asarray(statistic(run), dtype=np.float64) - np.asarray(statistic(ref), dtype=np.float64)
-    )
-    resampled = np.array(
-        [
-            np.asarray(statistic(run[run_groups.members(a)]), dtype=np.float64)
-            - np.asarray(statistic(ref[ref_groups.members(b)]), dtype=np.float64)
-            for a, b in zip(run_draws, ref_draws, strict=True)
-        ]
-    ).reshape(n, -1)
-    low, high = np.full(estimate.shape, np.nan), np.full(estimate.shape, np.nan)
-    for j in range(estimate.size):
-        values = resampled[:, j][~np.isnan(resampled[:, j])]
-        if len(values):
-            low[j], high[j] = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return estimate, low, high
-
-
 def _same_images(a: pd.Series, b: pd.Series) -> bool:
     return a.is_unique and b.is_unique and set(a) == set(b)
 
@@ -139,7 +82,7 @@ def classification_differences(
     paired}`` from two ``predictions.csv`` tables (``split``, ``image``, ``patient``, ``label``, ``probability``).
 
     Paired by image when both test sets are the same images (the reference's rows put in the run's order), patients
-    resampled once; else each side's patients independently (:func:`bootstrap_difference`)."""
+    resampled once; else each side's patients independently (:func:`~.classification.cluster_bootstrap_difference`)."""
     run, ref = (frame[frame["split"] == "test"].reset_index(drop=True) for frame in (run, ref))
     paired = _same_images(run["image"], ref["image"])
     if paired:
@@ -152,7 +95,7 @@ def classification_differences(
     def rows(frame: pd.DataFrame) -> np.ndarray:
         return frame[["label", "probability"]].to_numpy(dtype=np.float64)
 
-    estimate, low, high = bootstrap_difference(
+    estimate, low, high = cluster_bootstrap_difference(
         rows(run),
         rows(ref),
         metrics,
@@ -203,7 +146,7 @@ def measure_differences(
     def rows(frame: pd.DataFrame) -> np.ndarray:
         return frame[measures].to_numpy(dtype=np.float64, na_value=np.nan)
 
-    estimate, low, high = bootstrap_difference(
+    estimate, low, high = cluster_bootstrap_difference(
         rows(run),
         rows(ref),
         _nanmean,
@@ -400,7 +343,6 @@ __all__ = [
     "HEADER",
     "LEGEND",
     "PerImage",
-    "bootstrap_difference",
     "cells",
     "classification_differences",
     "compare",

@@ -39,6 +39,7 @@ import pandas as pd
 from cxrexplain import tracking
 from cxrexplain.config import Params, ReportParams
 from cxrexplain.data.layout import NEGATIVE_NAMES
+from cxrexplain.data.split import PROTOCOLS, leaked_test_images
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import classification as cls
 from cxrexplain.evaluation import figures
@@ -118,6 +119,7 @@ class Inputs:
     split: dict
     consistency: dict | None  # only with two architectures: the consistency stage compares exactly two
     seeds: dict[str, dict[int, SeedRun]]  # every architecture's every training seed, the primary first
+    leakage: LeakageInputs | None = None  # the leakage stage's outputs (read_leakage)
 
 
 def read_inputs(ws: Workspace, archs: Sequence[str], seeds: Sequence[int], *, run_refs: bool) -> Inputs:
@@ -153,7 +155,10 @@ def read_inputs(ws: Workspace, archs: Sequence[str], seeds: Sequence[int], *, ru
     }
     runs = {a: {s: SeedRun(predictions[a][s], explained[a][s]) for s in seeds} for a in archs}
     consistency = _json(ws.consistency_metrics) if len(archs) == 2 else None
-    return Inputs(loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency, runs)
+    leakage = read_leakage(ws, {a: x.predictions for a, x in loaded.items()})
+    return Inputs(
+        loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency, runs, leakage
+    )
 
 
 def _json(path: Path) -> dict:
@@ -226,6 +231,7 @@ def build(
     consistency: Mapping | None,
     folder: Path,
     seed_runs: Mapping[str, Mapping[int, SeedRun]] | None = None,
+    leakage: LeakageInputs | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Write the report into ``folder`` (layout in the module docstring). ``inputs``: the primary seed's outputs per
     architecture; ``seed_runs``: every seed's, for the seed spread (None: the primary's alone).
@@ -294,6 +300,7 @@ def build(
     seed_section(doc, spreads, results, {a: x.explained for a, x in inputs.items()}, facts)
     explanations(doc, {a: x.explained for a, x in inputs.items()}, {a: x.paired for a, x in inputs.items()}, made)
     consistency_section(doc, consistency)
+    audit = leakage_section(doc, leakage_comparison(leakage, bootstrap=settings.bootstrap, seed=facts.seed), facts)
     write_text(Path(folder) / "report.md", doc.markdown(Path(folder)))
     write_text(Path(folder) / "report.html", doc.html())
     metrics = {
@@ -306,6 +313,7 @@ def build(
         "delong": comparison,
         "primary_seed": facts.seeds[0],
         "seeds": spreads,
+        "leakage": audit,
     }
     write_json(Path(folder) / "metrics.json", metrics)
     return metrics, {key: Path(path).name for key, path in made.items()}
@@ -661,6 +669,151 @@ def consistency_section(doc: Document, consistency: Mapping | None) -> None:
             ["method", "Spearman ρ", "top-20 % region IoU"],
             [[m, _cell(v["spearman"]), _cell(v["top_iou"])] for m, v in consistency["methods"].items()],
         )
+
+
+@dataclass(frozen=True)
+class LeakageInputs:
+    """The leakage audit's outputs beside the pipeline's, loaded (:func:`read_leakage`).
+
+    ``predictions`` and ``splits``: per split protocol (``patient``, ``image``), the audited architecture's
+    predictions (val and test rows, as ``models/<arch>/predictions.csv``) and the split table (``image``,
+    ``patient``, ``split``); one pair is the pipeline's (``models/<arch>/``, ``data/split.csv``), the other the
+    leakage stage's (``leakage/``). ``audit``: ``metrics/leakage.json``.
+    """
+
+    arch: str
+    predictions: Mapping[str, pd.DataFrame]
+    splits: Mapping[str, pd.DataFrame]
+    audit: Mapping
+
+
+def read_leakage(ws: Workspace, predictions: Mapping[str, pd.DataFrame]) -> LeakageInputs:
+    """The leakage stage's outputs, and the pipeline's predictions (``predictions``: arch → loaded predictions) and
+    split of the architecture it audited, each under its protocol; the files are checked first (a missing one is a
+    :class:`CxrError` naming ``dvc repro leakage``), and an audit of an architecture not in ``model.archs``."""
+    files = ws.leakage
+    ws.require(
+        [files.split, files.model.predictions, ws.stage_metrics("leakage")], needed_by="report", made_by="leakage"
+    )
+    ws.require([ws.split], needed_by="report", made_by="split")
+    audit = _json(ws.stage_metrics("leakage"))
+    arch, protocols = audit["arch"], audit["protocols"]
+    if arch not in predictions:
+        raise CxrError(
+            f"{ws.stage_metrics('leakage')}: the leakage audit trained {arch}, which is not one of model.archs "
+            f"({', '.join(predictions)}); re-run it (dvc repro leakage)"
+        )
+    return LeakageInputs(
+        arch,
+        {protocols["pipeline"]: predictions[arch], protocols["audit"]: pd.read_csv(files.model.predictions)},
+        {protocols["pipeline"]: pd.read_csv(ws.split), protocols["audit"]: pd.read_csv(files.split)},
+        audit,
+    )
+
+
+def leakage_comparison(leakage: LeakageInputs | None, *, bootstrap: int, seed: int) -> dict | None:
+    """The audited architecture's test AUROC and accuracy at 0.5 under each split protocol, their difference, and
+    within the image-level test set the images of leaked patients against the others; ``None`` without an audit.
+
+    Each protocol's values carry patient-clustered percentile bootstrap intervals (:func:`cls.bootstrap_metrics`).
+    The difference is image-level minus patient-wise; its interval comes from :func:`cls.bootstrap_difference`: the
+    two test sets hold different images, so each resample draws the patients of each set independently and the
+    interval is the 2.5 and 97.5 percentiles of the resamples' differences. A leaked image is a test image of the
+    image-level split whose patient has an image in train or val (:func:`leaked_test_images`); the AUROC of the
+    leaked and of the other images is given (with its interval) only where the group holds both classes.
+    """
+    if leakage is None:
+        return None
+    tests = {p: leakage.predictions[p][leakage.predictions[p]["split"] == "test"] for p in PROTOCOLS}
+
+    def scored(test: pd.DataFrame) -> dict:
+        y, p, patients = test["label"].to_numpy(), test["probability"].to_numpy(), test["patient"].astype(str)
+        both = len(np.unique(y)) == 2
+        m = cls.bootstrap_metrics(y, p, 0.5, n=bootstrap, seed=seed, clusters=patients.to_numpy()) if both else None
+        return {
+            "images": len(test),
+            "patients": int(patients.nunique()),
+            "auroc": m["auroc"] if m else None,
+            "accuracy": m["accuracy"] if m else None,
+        }
+
+    sets = [(t["label"].to_numpy(), t["probability"].to_numpy()) for t in tests.values()]
+    clusters = [t["patient"].astype(str).to_numpy() for t in tests.values()]
+    difference = cls.bootstrap_difference(
+        *sets, 0.5, n=bootstrap, seed=seed, clusters_a=clusters[0], clusters_b=clusters[1]
+    )
+    split = leakage.splits["image"]
+    leaked = set(split.loc[leaked_test_images(split), "image"])
+    within = tests["image"]["image"].isin(leaked)
+    audit = leakage.audit
+    return {
+        "arch": leakage.arch,
+        "protocols": dict(audit["protocols"]),
+        "leaked_patients": audit["leaked_patients"],
+        "leaked_test_images": audit["leaked_test_images"],
+        "leaked_test_image_share": audit["leaked_test_image_share"],
+        **{p: scored(tests[p]) for p in PROTOCOLS},
+        "difference": {"auroc": difference["auroc"], "accuracy": difference["accuracy"]},  # image - patient
+        "image_level_test": {"leaked": scored(tests["image"][within]), "other": scored(tests["image"][~within])},
+    }
+
+
+def leakage_section(doc: Document, result: Mapping | None, facts: RunFacts) -> dict | None:
+    """ "Leakage audit: patient-wise vs image-level split" (:func:`leakage_comparison`'s ``result``), when there is
+    one; returns ``result`` (``metrics.json``'s ``leakage``)."""
+    if result is None:
+        return None
+    patient, image, difference = result["patient"], result["image"], result["difference"]
+    doc.heading("Leakage audit: patient-wise vs image-level split")
+    pipeline = result["protocols"]["pipeline"]
+    doc.paragraph(
+        f"The same architecture ({result['arch']}), params and training seed, trained on two splits of the same "
+        "cohort with the same fractions and split seed: patient-wise (no patient in two splits) and image-level (the "
+        f"study's protocol). The pipeline's models use the {pipeline}-wise split; the other model is the `leakage` "
+        f"stage's. The image-level split puts {result['leaked_test_images']} of its {image['images']} test images "
+        f"({result['leaked_test_image_share']:.0%}) in test although their patients ({result['leaked_patients']}) "
+        "have other images in train or val. Test-set values at threshold 0.5 with 95 % patient-clustered bootstrap "
+        "intervals; the difference (image-level − patient-wise) has a 95 % bootstrap interval that resamples the "
+        "two test sets (different images) independently, patients as clusters."
+    )
+    rows = [
+        [name, v["images"], v["patients"], _auroc_cell(v), _fmt(v["accuracy"]) if v["accuracy"] else "n/a"]
+        for name, v in (("patient-wise", patient), ("image-level", image))
+    ]
+    rows.append(["difference (image − patient)", "", "", _signed(difference["auroc"]), _signed(difference["accuracy"])])
+    doc.table(["split", "test images", "test patients", "AUROC", "accuracy"], rows)
+    leaked, other = result["image_level_test"]["leaked"], result["image_level_test"]["other"]
+    doc.paragraph(
+        f"Inside the image-level test set: AUROC on the {leaked['images']} images of leaked patients "
+        f"{_auroc_cell(leaked)}, on the other {other['images']} images {_auroc_cell(other)}."
+    )
+    if facts.synthetic:
+        saturated = all(v["auroc"] and v["auroc"]["value"] >= 0.999 for v in (patient, image))
+        doc.paragraph(
+            "Synthetic data: a patient's follow-ups share their anatomy, devices and markers, as on NIH, so an "
+            "image-level split can leak here too; these numbers test the audit's machinery, they are not evidence "
+            "about NIH or the study."
+            + (
+                " Both models separate their test sets perfectly (AUROC 1.000): at this setting the audit cannot show "
+                "any inflation."
+                if saturated
+                else ""
+            )
+        )
+    return result
+
+
+def _auroc_cell(group: Mapping) -> str:
+    if group["auroc"]:
+        return _fmt(group["auroc"])
+    return "n/a (one class only)" if group["images"] else "n/a (no images)"
+
+
+def _signed(entry: Mapping) -> str:
+    """``+0.012 (-0.030 to +0.054)``: a difference and its interval."""
+    if entry["value"] is None or math.isnan(entry["value"]):
+        return "n/a"
+    return f"{entry['value']:+.3f} ({entry['low']:+.3f} to {entry['high']:+.3f})"
 
 
 def _cell(entry: dict | None) -> str:

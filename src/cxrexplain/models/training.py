@@ -407,20 +407,21 @@ def fit(training: Training) -> Result | None:
     return _best_epoch(training)
 
 
-def save(result: Result, files: ModelFiles, metrics_file: Path) -> None:
+def save(result: Result, files: ModelFiles, metrics_file: Path, *, register: bool = True) -> None:
     """Write ``result`` (predictions, history into ``files``; the metrics into ``metrics_file``, each atomically) and
-    log them with the best checkpoint to the run, under ``train/``; then log the best checkpoint as an MLflow model
-    and register it (:func:`cxrexplain.tracking.log_model`), last: if that fails (a CxrError), every output is
-    written, and a resume (``--resume``) logs the model without training again."""
+    log them with the best checkpoint to the run, under ``train/``; then, with ``register``, log the best checkpoint as
+    an MLflow model and register it (:func:`cxrexplain.tracking.log_model`), last: if that fails (a CxrError), every
+    output is written, and a resume (``--resume``) logs the model without training again. The leakage audit's model
+    is not registered (``register=False``): trained on a leaky split, its val AUROC must never elect it champion."""
     write_csv(files.predictions, result.predictions)
     write_csv(files.history, result.history)
     write_json(metrics_file, result.metrics)
     tracking.log_artifacts(
         result.run_id, [files.best, files.predictions, files.history, metrics_file], "train", uri=result.uri
     )
-    tracking.log_model(
-        result.run_id, files.best, val_auroc=result.metrics["val"]["auroc"], uri=result.uri, seed=result.metrics["seed"]
-    )
+    if register:
+        val_auroc, seed = result.metrics["val"]["auroc"], result.metrics["seed"]
+        tracking.log_model(result.run_id, files.best, val_auroc=val_auroc, uri=result.uri, seed=seed)
 
 
 def _best_epoch(training: Training) -> Result:

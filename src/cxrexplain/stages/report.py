@@ -47,6 +47,7 @@ def run(
         split=found.split,
         consistency=found.consistency,
         seed_runs=found.seeds,
+        leakage=found.leakage,
     )
     report.log_runs(refs, params, ws.report, metrics, made)
     log.info("report written to %s (report.md, report.html, metrics.json)", ws.report.dir)
