@@ -266,6 +266,18 @@ def test_paired_comparisons_refuse_duplicate_rows_and_unknown_methods():
         paired_comparisons(pd.concat([table, table.iloc[:1]]), "score")
 
 
+def test_an_image_with_one_row_per_explained_map_is_paired_on_the_row_that_has_the_measure():
+    """The explain stage gives a predicted-negative image with a box two rows per method: its Pneumonia map (scored
+    for localisation) and its decision map (scored for faithfulness); each measure pairs the row that has it (the
+    demo's first three-seed run stopped here: "more than one row")."""
+    table = long_table({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.5, 0.4]})  # images 0, 1, 2
+    other_map = table[table["index"] == 1].assign(score=np.nan)  # image 1's second map: no value for this measure
+    both = pd.concat([table, other_map], ignore_index=True)
+    expected = paired_comparisons(table, "score", n=200, seed=1)
+    pd.testing.assert_frame_equal(paired_comparisons(both, "score", n=200, seed=1), expected)
+    assert expected["n"].tolist() == [3, 3]  # the t-test and the Wilcoxon row
+
+
 def test_wilcoxon_p_equals_scipy_on_random_tied_and_zero_laden_differences():
     """The vectorised exact sign-flip test (n ≤ 13 with ties or zeros) and the cases delegated to scipy both give
     ``scipy.stats.wilcoxon(d, zero_method="wilcox")``'s p-value (method "auto": permutation, exact or normal)."""

@@ -332,10 +332,14 @@ def paired_comparisons(
     missing = [m for m in methods if m not in set(table["method"])]
     if missing:
         raise ValueError(f"methods not in the table: {missing}")
+    # An image can have a row per map explained (the explain stage: its Pneumonia map, scored for localisation, and
+    # its decision map, scored for faithfulness, differ for a predicted-negative image with a box); a measure is
+    # defined on one of them, so only the rows that have a value for it are paired.
+    table = table[table[measure].notna()]
     if table.duplicated(["method", key]).any():
         raise ValueError(f"more than one row for some ({key!r}, method): one value per image and method expected")
     values = table.assign(_value=table[measure].astype(np.float64))
-    wide = values.pivot(index=key, columns="method", values="_value")
+    wide = values.pivot(index=key, columns="method", values="_value").reindex(columns=methods)
     ids = None
     if cluster is not None and cluster in table.columns:
         if (table.groupby(key)[cluster].nunique(dropna=False) > 1).any():
