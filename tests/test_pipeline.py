@@ -143,6 +143,12 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     compare = cli("compare", "--last", "5", cwd=dest)  # in this process: the same console-script entry point
     assert compare.returncode == 0, compare.stderr
     assert "report @" in compare.stdout and "resnet18" in compare.stdout
+    # the real report run against itself (one seed: the patient bootstrap of the primary seeds' real predictions and
+    # per-image measures, downloaded from the training runs): paired, nothing changed
+    against = cli("compare", "--against", "HEAD", "--markdown", "--bootstrap", "200", cwd=dest)
+    assert against.returncode == 0, against.stderr
+    assert "| resnet18 | auroc |" in against.stdout and "**changed**" not in against.stdout
+    assert "0 of " in against.stdout and "metrics changed beyond the noise" in against.stdout
 
     with contextlib.chdir(dest), Repo() as dvc_repo:  # what `dvc repro` runs: nothing is left to reproduce
         assert dvc_repo.reproduce() == []
