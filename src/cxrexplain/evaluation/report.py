@@ -604,8 +604,10 @@ def seed_section(
             f"interval of the mean across the {n} seeds (t(0.975, {n - 1}) = "
             f"{seed_spread.t_quantile(n):.2f}), and, for comparison, the primary "
             "seed's 95 % patient-clustered bootstrap interval (test patients resampled, one model): the two answer "
-            "different questions, retraining vs resampling the test set. A difference between two commits smaller "
-            "than the seed spread is not evidence of a change (`cxrexplain compare --against`)."
+            "different questions, retraining vs resampling the test set. The t-interval is not clipped to a metric's "
+            "range: with few seeds it can leave [0, 1], which says that the runs scatter too much for their mean to "
+            "be pinned down. A difference between two commits smaller than the seed spread is not evidence of a "
+            "change (`cxrexplain compare --against`)."
         )
     for arch, spread in spreads.items():
         metrics = spread["metrics"]

@@ -6,7 +6,8 @@ their mean and sample standard deviation (``ddof=1``) and a 95 % interval of the
 ``mean ± t(0.975, n − 1) · sd / √n`` (``scipy.stats.t.interval``, tested against it). The interval treats the seeds as
 independent draws of the training's randomness (initial weights, shuffling, dropout, augmentation); with 3 seeds
 ``t(0.975, 2) = 4.30``, so it is wide: honest about how little three runs tell. It is a different quantity from the
-bootstrap intervals beside it, which resample the test patients of one model and say nothing about retraining.
+bootstrap intervals beside it, which resample the test patients of one model and say nothing about retraining. It is
+not clipped to a metric's range: an interval that leaves [0, 1] says that the seeds scatter too much to pin the mean.
 
 :func:`seed_table` gathers, per seed, the test-set classification metrics at threshold 0.5 (from the seed's
 predictions, :func:`cxrexplain.evaluation.classification.point_metrics`) and the Grad-CAM measures' means (from the
