@@ -197,3 +197,25 @@ def test_markdown_names_both_runs_and_bolds_changes():
     assert "| resnet50 | accuracy | 0.920 ± 0.020 | 0.720 ± 0.020 | -0.200 | -0.245 to -0.155 | **changed** |" in text
     assert "| resnet50 | auroc | 0.960 ± 0.010 | 0.960 ± 0.010 | +0.000 | -0.023 to +0.023 | within noise |" in text
     assert "1 of 2 metrics changed beyond the noise." in text and compare.LEGEND in text
+
+
+def test_an_image_with_two_maps_is_paired_by_image_and_explained_class():
+    """A predicted-negative image with a box has a row for its Pneumonia map (localisation) and one for its decision
+    map (faithfulness): the two reports are still paired, row for row, by (image, explained_class)."""
+    table = pd.DataFrame(
+        {
+            "method": "gradcam",
+            "image": ["a.png", "a.png", "b.png", "c.png"],
+            "patient": ["1", "1", "2", "3"],
+            "explained_class": [1, 0, 1, 1],
+            "pointing": [1.0, np.nan, 0.0, 1.0],
+            "deletion": [np.nan, 0.3, 0.2, 0.4],
+        }
+    )
+    shuffled = table.iloc[[3, 1, 2, 0]]
+    same = compare.measure_differences(table, shuffled, ["pointing", "deletion"], n=50)
+    assert all(entry["paired"] for entry in same.values())
+    assert same["pointing"]["difference"] == 0 and (same["deletion"]["low"], same["deletion"]["high"]) == (0, 0)
+    assert same["pointing"]["run"] == pytest.approx(2 / 3) and same["deletion"]["run"] == pytest.approx(0.3)
+    without = compare.measure_differences(table.drop(columns="explained_class"), table, ["pointing"], n=50)
+    assert not without["pointing"]["paired"]  # (image) alone repeats a.png: each side resampled on its own

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +71,52 @@ def welch_interval(run: Sequence[float], ref: Sequence[float], confidence: float
     return difference, difference - half, difference + half
 
 
-def _same_images(a: pd.Series, b: pd.Series) -> bool:
-    return a.is_unique and b.is_unique and set(a) == set(b)
+def _differences(
+    run: pd.DataFrame,
+    ref: pd.DataFrame,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    statistic: Callable[[np.ndarray], np.ndarray],
+    names: Sequence[str],
+    *,
+    n: int,
+    seed: int,
+) -> dict[str, dict[str, object]]:
+    """Per name of ``names`` (the components of ``statistic`` of the rows' ``columns``): ``{run, ref, difference, low,
+    high, paired}``. Paired when both tables hold the same rows, identified by ``keys`` (the reference's rows put in the
+    run's order, patients resampled once for both); else each side's patients independently
+    (:func:`~.classification.cluster_bootstrap_difference`)."""
+    run, ref = run.reset_index(drop=True), ref.reset_index(drop=True)
+    ids = [pd.MultiIndex.from_frame(frame[list(keys)]) for frame in (run, ref)]
+    paired = ids[0].is_unique and ids[1].is_unique and set(ids[0]) == set(ids[1])
+    if paired:
+        ref = run[list(keys)].merge(ref, on=list(keys), how="left", validate="one_to_one")
+
+    def rows(frame: pd.DataFrame) -> np.ndarray:
+        return frame[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    estimate, low, high = cluster_bootstrap_difference(
+        rows(run),
+        rows(ref),
+        statistic,
+        run_clusters=run["patient"].astype(str).to_numpy(),
+        ref_clusters=ref["patient"].astype(str).to_numpy(),
+        paired=paired,
+        n=n,
+        seed=seed,
+    )
+    run_values, ref_values = statistic(rows(run)), statistic(rows(ref))
+    return {
+        name: {
+            "run": float(run_values[j]),
+            "ref": float(ref_values[j]),
+            "difference": float(estimate[j]),
+            "low": float(low[j]),
+            "high": float(high[j]),
+            "paired": paired,
+        }
+        for j, name in enumerate(names)
+    }
 
 
 def classification_differences(
@@ -83,40 +127,13 @@ def classification_differences(
 
     Paired by image when both test sets are the same images (the reference's rows put in the run's order), patients
     resampled once; else each side's patients independently (:func:`~.classification.cluster_bootstrap_difference`)."""
-    run, ref = (frame[frame["split"] == "test"].reset_index(drop=True) for frame in (run, ref))
-    paired = _same_images(run["image"], ref["image"])
-    if paired:
-        ref = ref.set_index("image").loc[run["image"]].reset_index()
 
     def metrics(rows: np.ndarray) -> np.ndarray:
         values = point_metrics(rows[:, 0], rows[:, 1], THRESHOLD)
         return np.array([values[m] for m in CLASSIFICATION])
 
-    def rows(frame: pd.DataFrame) -> np.ndarray:
-        return frame[["label", "probability"]].to_numpy(dtype=np.float64)
-
-    estimate, low, high = cluster_bootstrap_difference(
-        rows(run),
-        rows(ref),
-        metrics,
-        run_clusters=run["patient"].astype(str).to_numpy(),
-        ref_clusters=ref["patient"].astype(str).to_numpy(),
-        paired=paired,
-        n=n,
-        seed=seed,
-    )
-    run_values, ref_values = metrics(rows(run)), metrics(rows(ref))
-    return {
-        m: {
-            "run": float(run_values[j]),
-            "ref": float(ref_values[j]),
-            "difference": float(estimate[j]),
-            "low": float(low[j]),
-            "high": float(high[j]),
-            "paired": paired,
-        }
-        for j, m in enumerate(CLASSIFICATION)
-    }
+    run, ref = (frame[frame["split"] == "test"] for frame in (run, ref))
+    return _differences(run, ref, ["image"], ["label", "probability"], metrics, CLASSIFICATION, n=n, seed=seed)
 
 
 def _nanmean(rows: np.ndarray) -> np.ndarray:
@@ -136,38 +153,12 @@ def measure_differences(
 ) -> dict[str, dict[str, object]]:
     """Per measure: ``{run, ref, difference, low, high, paired}`` of ``method``'s mean over the images it was measured
     on (NaN cells left out, as the explain stage's means) from two ``per_image.csv`` tables (``method``, ``image``,
-    ``patient``, one column per measure). Paired by image when both explained the same images; else independent."""
-    run, ref = (frame[frame["method"] == method].reset_index(drop=True) for frame in (run, ref))
-    paired = _same_images(run["image"], ref["image"])
-    if paired:
-        ref = ref.set_index("image").loc[run["image"]].reset_index()
-    measures = list(measures)
-
-    def rows(frame: pd.DataFrame) -> np.ndarray:
-        return frame[measures].to_numpy(dtype=np.float64, na_value=np.nan)
-
-    estimate, low, high = cluster_bootstrap_difference(
-        rows(run),
-        rows(ref),
-        _nanmean,
-        run_clusters=run["patient"].astype(str).to_numpy(),
-        ref_clusters=ref["patient"].astype(str).to_numpy(),
-        paired=paired,
-        n=n,
-        seed=seed,
-    )
-    run_values, ref_values = _nanmean(rows(run)), _nanmean(rows(ref))
-    return {
-        m: {
-            "run": float(run_values[j]),
-            "ref": float(ref_values[j]),
-            "difference": float(estimate[j]),
-            "low": float(low[j]),
-            "high": float(high[j]),
-            "paired": paired,
-        }
-        for j, m in enumerate(measures)
-    }
+    ``patient``, one column per measure). Paired by image, and by the class a map explains (``explained_class``, when
+    the tables have it: a predicted-negative image with a box has a row for its Pneumonia map and one for its decision
+    map), when both explained the same maps; else independent."""
+    run, ref = (frame[frame["method"] == method] for frame in (run, ref))
+    keys = ["image", "explained_class"] if {"explained_class"} <= set(run.columns) & set(ref.columns) else ["image"]
+    return _differences(run, ref, keys, list(measures), _nanmean, list(measures), n=n, seed=seed)
 
 
 @dataclass(frozen=True)
