@@ -147,7 +147,8 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     # per-image measures, downloaded from the training runs): paired, nothing changed
     against = cli("compare", "--against", "HEAD", "--markdown", "--bootstrap", "200", cwd=dest)
     assert against.returncode == 0, against.stderr
-    assert "| resnet18 | auroc |" in against.stdout and "**changed**" not in against.stdout
+    assert "| resnet18 | auroc |" in against.stdout and "| **changed** |" not in against.stdout
+    assert "bootstrap: patients, paired images" in against.stdout  # the same test images, paired
     assert "0 of " in against.stdout and "metrics changed beyond the noise" in against.stdout
 
     with contextlib.chdir(dest), Repo() as dvc_repo:  # what `dvc repro` runs: nothing is left to reproduce

@@ -66,6 +66,7 @@ def test_the_audit_trains_the_first_arch_on_an_image_level_split_and_counts_the_
     shown = image_level[image_level["split"] != "train"]
     assert sorted(predictions["image"]) == sorted(shown["image"])
     assert metrics["training"]["epochs"] == 1 and metrics["training"]["arch"] == "resnet18"
+    assert metrics["seed"] == 42 and metrics["training"]["seed"] == 42  # the primary training seed
     # its own MLflow run, tagged as the audit, with the split it was trained on as a param
     ref = json.loads(model.run_ref.read_text())
     run = MlflowClient(tracking_uri=ref["tracking_uri"]).get_run(ref["run_id"])
@@ -74,7 +75,9 @@ def test_the_audit_trains_the_first_arch_on_an_image_level_split_and_counts_the_
     assert run.data.tags["mlflow.runName"].endswith(", image-level split")
     assert run.data.params["split.group_by"] == "image" and run.data.params["arch"] == "resnet18"
     assert "best_test/auroc" in run.data.metrics
-    assert not ws.model("resnet18").dir.exists()  # the pipeline's own model is left alone
+    # not registered: a model of a leaky split must never become a champion
+    assert not MlflowClient(tracking_uri=ref["tracking_uri"]).search_model_versions(f"run_id = '{ref['run_id']}'")
+    assert not ws.model("resnet18", 42).dir.exists()  # the pipeline's own model is left alone
 
 
 def test_an_image_level_pipeline_is_audited_with_a_patient_wise_split(tracked):
