@@ -38,6 +38,14 @@ MEASURE_NAMES = tuple(MEASURES)
 SANITY_MODES = names.SANITY_MODES
 
 
+def _distinct(values: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    """``values`` unchanged when no value repeats; else a ValueError naming ``what`` and the repeated values."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be distinct: {', '.join(map(str, repeated))} repeated")
+    return values
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: ``lr: .nan`` or ``dropout: .inf`` is refused like any other impossible value
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -253,10 +261,7 @@ class ExplainParams(_Section):
     @field_validator("cams", "attributions", "measures")
     @classmethod
     def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({v for v in value if value.count(v) > 1})
-        if repeated:
-            raise ValueError(f"names must be distinct: {', '.join(repeated)} repeated")
-        return value
+        return _distinct(value, "names")
 
     @field_validator("threshold")
     @classmethod
@@ -302,10 +307,7 @@ class Params(_Section):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        repeated = sorted({v for v in value if value.count(v) > 1})
-        if repeated:
-            raise ValueError(f"seeds must be distinct: {', '.join(map(str, repeated))} repeated")
-        return value
+        return _distinct(value, "seeds")
 
     @property
     def primary_seed(self) -> int:
