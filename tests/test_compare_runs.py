@@ -52,9 +52,20 @@ def tables(seed: int, strength: float, images: int = 40) -> tuple[pd.DataFrame, 
     return predictions, per_image
 
 
-def make_report(uri: str, monkeypatch, *, commit: str, seeds: tuple[int, ...], strength: float, offset: int = 0) -> str:
+def make_report(
+    uri: str,
+    monkeypatch,
+    *,
+    commit: str,
+    seeds: tuple[int, ...],
+    strength: float,
+    offset: int = 0,
+    keep_tables: bool = True,
+) -> str:
     """A report run of ``commit`` over one training run per seed (seed ``s`` draws with ``s + offset``): each training
-    run gets train/predictions.csv and explain/per_image.csv, the summary run report/metrics.json. Returns its id."""
+    run gets train/predictions.csv and explain/per_image.csv, the summary run report/metrics.json and, as the report
+    stage logs them (``keep_tables``; report runs made before did not), the primary seed's two tables under
+    report/tables/<arch>/. Returns its id."""
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
     experiment_id = (
@@ -82,6 +93,10 @@ def make_report(uri: str, monkeypatch, *, commit: str, seeds: tuple[int, ...], s
         validate({"seeds": list(seeds), "data": {"source": "synthetic"}}), {ARCH: runs}, uri=uri
     )
     client.log_text(summary, json.dumps(metrics), tracking.REPORT_METRICS)
+    if keep_tables:
+        primary, per_image = predictions[seeds[0]], tables(seeds[0] + offset, strength)[1]
+        for name, table in (("predictions.csv", primary), ("per_image.csv", per_image)):
+            client.log_text(summary, table.to_csv(index=False), f"{tracking.REPORT_TABLES}/{ARCH}/{name}")
     return summary
 
 
@@ -201,9 +216,35 @@ def test_a_git_revision_names_its_commit(tmp_path):
     assert tracking._commit_of("ABCDEF") == "abcdef"
 
 
+def test_a_report_is_compared_from_its_own_tables_and_an_overwritten_training_table_is_refused(
+    sqlite_uri, monkeypatch, tmp_path
+):
+    """The model explained again after a report (here: Grad-CAM's pointing now all hits) overwrites its training
+    run's explain/per_image.csv. A report run compares from the copies it keeps; one that kept none (made before) is
+    refused, since its training run's table would show the change as none."""
+    monkeypatch.setattr(tracking, "EXPERIMENT", f"compare-{uuid.uuid4().hex[:8]}")
+    uri, client = sqlite_uri, MlflowClient(tracking_uri=sqlite_uri)
+    old = make_report(uri, monkeypatch, commit="5555" + "0" * 36, seeds=(42,), strength=0.3, keep_tables=False)
+    ref = make_report(uri, monkeypatch, commit="6666" + "0" * 36, seeds=(42,), strength=0.3)
+    for report_id in (old, ref):  # explained again into the same training runs, with every pointing a hit
+        train = client.get_run(report_id).data.tags[f"report.run.{ARCH}"]
+        again = tables(42, 0.3)[1].assign(pointing=1.0)
+        client.log_text(train, again.to_csv(index=False), tracking.PER_IMAGE)
+    repeat = make_report(uri, monkeypatch, commit="7777" + "0" * 36, seeds=(42,), strength=0.3)
+    same = compare(uri, "--against", ref, "--run", repeat, "--markdown", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert all(cells[4] == "within noise" and cells[2] == "+0.000" for cells in rows(same.stdout).values())
+    refused = compare(uri, "--against", old, "--run", repeat, cwd=tmp_path)
+    message = " ".join(refused.stderr.split())
+    assert (
+        refused.returncode == 2 and f"report run {old}: the per-image tables of {ARCH} give gradcam/pointing" in message
+    )
+    assert "they are not the tables it was made from" in message and "Traceback" not in refused.stderr
+
+
 def test_primary_tables_come_from_the_primary_seeds_training_run(sqlite_uri, monkeypatch):
     uri = sqlite_uri
-    run_id = make_report(uri, monkeypatch, commit="1234" + "0" * 36, seeds=(42, 43), strength=0.5)
+    run_id = make_report(uri, monkeypatch, commit="1234" + "0" * 36, seeds=(42, 43), strength=0.5, keep_tables=False)
     facts = tracking.report_run(run_id, uri=uri)
     assert facts["seeds"] == "42,43" and facts["commit"].startswith("1234") and facts["dirty"] is False
     predictions, per_image = tracking.primary_tables(facts, ARCH, uri=uri)

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
+from cxrexplain import tracking
+from cxrexplain.models import training
 from inprocess import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,13 +134,18 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     assert "SYNTHETIC DATA" in markdown and "The study and this run" in markdown
     assert "One training seed (42): no seed spread can be estimated" in markdown
     assert "## Leakage audit: patient-wise vs image-level split" in markdown
+    # what reproduces where, and the one environment both trainings ran in (this machine)
+    assert "## Reproducibility: what is identical where" in markdown
+    (environment,) = report["environments"]
+    assert environment["trainings"] == ["resnet18 s42", "densenet121 s42"] and environment["deterministic"] == "True"
+    assert environment["machine"].startswith(training.cpu_model())
     for line in markdown.splitlines():  # every figure the Markdown links exists
         if line.startswith("!["):
             assert (dest / "reports" / line.split("](")[1].rstrip(")")).is_file(), line
     assert "data:image/png;base64," in (dest / "reports/report.html").read_text()
     with contextlib.chdir(dest), Repo() as dvc_repo:  # DVC's Python API: the data `dvc plots show` renders
         plots = dvc_repo.plots.show()["workspace"]["sources"]["data"]
-    for name in ("confusion_resnet18.csv", "roc_densenet121.csv"):
+    for name in ("confusion/resnet18.csv", "roc/densenet121.csv"):
         assert plots[f"reports/plots/{name}"]["data"], name  # read by DVC, rows present
     compare = cli("compare", "--last", "5", cwd=dest)  # in this process: the same console-script entry point
     assert compare.returncode == 0, compare.stderr
@@ -154,6 +161,46 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
     with contextlib.chdir(dest), Repo() as dvc_repo:  # what `dvc repro` runs: nothing is left to reproduce
         assert dvc_repo.reproduce() == []
     assert dvc_status(dest) == {}  # `dvc status`: "Data and pipelines are up to date."
+
+
+def test_compare_flags_what_a_real_rerun_changed_and_nothing_else(repo, tmp_path):
+    """Two real report runs that differ: the same trainings, resnet18's explanations made again with the pointing
+    game's tolerance at a quarter of the image side (more hits). `compare --against` the first report flags resnet18's
+    Grad-CAM pointing and nothing else, bootstrapping from the tables each report run keeps (the explain stage has
+    overwritten the training run's own per_image.csv meanwhile). The workspace is put back afterwards."""
+    dest, env = repo
+    first = tracking.report_run(None, uri=f"sqlite:///{dest}/mlflow.db")["run_id"]
+    kept = ["params.yaml", "dvc.lock", "explain/resnet18/seed42", "metrics/explain/resnet18/seed42.json", "reports"]
+    saved = tmp_path / "saved"
+    for name in kept:
+        (saved / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (dest / name).is_dir() else shutil.copy2)(dest / name, saved / name)
+    try:
+        params = (dest / "params.yaml").read_text()
+        assert "  pointing_tolerance: 0.0 " in params
+        (dest / "params.yaml").write_text(
+            params.replace("  pointing_tolerance: 0.0 ", "  pointing_tolerance: 0.25 ", 1)
+        )
+        run(["dvc", "repro", "-s", "explain@resnet18-42"], dest, env)
+        run(["dvc", "repro", "-s", "report"], dest, env)
+        result = cli("compare", "--against", first, "--markdown", "--bootstrap", "200", cwd=dest)
+        assert result.returncode == 0, result.stderr
+        found = {}
+        for line in result.stdout.splitlines():
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            if len(cells) == 8 and cells[0] in ("resnet18", "densenet121"):
+                found[cells[0], cells[1]] = cells[2:]
+        pointing = found["resnet18", "gradcam/pointing"]
+        assert pointing[4] == "changed" and float(pointing[2]) > 0, pointing
+        unchanged = {key: cells for key, cells in found.items() if key != ("resnet18", "gradcam/pointing")}
+        assert ("densenet121", "auroc") in unchanged and ("resnet18", "gradcam/energy") in unchanged
+        assert all(c[2] == "+0.000" and c[4] == "within noise" for c in unchanged.values()), unchanged
+        assert f"1 of {len(found)} metrics changed beyond the noise" in result.stdout
+    finally:
+        for name in kept:
+            shutil.rmtree(dest / name) if (dest / name).is_dir() else (dest / name).unlink(missing_ok=True)
+            (shutil.copytree if (saved / name).is_dir() else shutil.copy2)(saved / name, dest / name)
+    assert dvc_status(dest) == {}
 
 
 def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
@@ -173,7 +220,8 @@ def test_changing_a_param_invalidates_only_the_stages_that_declare_it(repo):
         (dest / "params.yaml").write_text(original.replace("[resnet18, densenet121]", "[resnet50, densenet121]", 1))
         assert stale_stages(dest) == {"train@resnet50-42", "explain@resnet50-42", "consistency", "leakage", "report"}
         # another training seed: only its trainings and explanations, and the report (the seed spread); the primary
-        # seed's models and the consistency of their maps stay
+        # seed's models stay (consistency, whose dependency is the whole explain folder, is not stale yet: `dvc repro`
+        # re-runs it once the new explanations are there)
         (dest / "params.yaml").write_text(original.replace("seeds: [42]", "seeds: [42, 43]", 1))
         assert stale_stages(dest) == {
             *(f"{stage}@{arch}-43" for stage in ("train", "explain") for arch in ("resnet18", "densenet121")),

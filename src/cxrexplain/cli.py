@@ -239,6 +239,9 @@ def _compare_reports(against: str, run: str | None, *, markdown: bool, bootstrap
         arch: (cmp.PerImage(*tracking.primary_tables(mine, arch)), cmp.PerImage(*tracking.primary_tables(theirs, arch)))
         for arch in cmp.needs_per_image(run_metrics, ref_metrics)
     }
+    for arch, (run_data, ref_data) in per_image.items():  # the tables each report was made from, or a clear refusal
+        cmp.check_tables(run_metrics, arch, run_data, f"report run {mine['run_id']}")
+        cmp.check_tables(ref_metrics, arch, ref_data, f"report run {theirs['run_id']}")
     table = cmp.compare(run_metrics, ref_metrics, per_image, n=bootstrap)
     if table.empty:
         raise CxrError(f"runs {mine['run_id']} and {theirs['run_id']} share no architecture: nothing to compare")

@@ -129,7 +129,8 @@ class SplitParams(_Section):
 class ModelParams(_Section):
     archs: tuple[str, ...] = Field(
         ("resnet50", "densenet121"),
-        description="the two backbones trained, explained and compared (dvc.yaml's matrix follows it)",
+        min_length=1,
+        description="the backbones trained, explained and compared pairwise (dvc.yaml's matrix follows it)",
     )
     pretrained: str = Field(
         "imagenet", description="imagenet (torchvision weights), none (from scratch) or a path to a state dict"
@@ -138,15 +139,12 @@ class ModelParams(_Section):
 
     @field_validator("archs")
     @classmethod
-    def _two_known_archs(cls, archs: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_distinct_archs(cls, archs: tuple[str, ...]) -> tuple[str, ...]:
         for arch in archs:
             if problem := _unknown_arch(arch):
                 raise ValueError(problem)
-        # the consistency stage, DeLong's test and dvc.yaml's report dependencies (model.archs[0] and [1]) compare
-        # one pair of backbones
-        if len(archs) != 2 or archs[0] == archs[1]:
-            raise ValueError("two different architectures, e.g. [resnet50, densenet121]")
-        return archs
+        # any number: the consistency stage and DeLong's test compare every pair (none with one backbone)
+        return _distinct(archs, "architectures")
 
 
 class AugmentParams(_Section):

@@ -614,6 +614,7 @@ def elect_champion(name: str, uri: str | None = None) -> str | None:
 REPORT_METRICS = "report/metrics.json"  # a report run's metrics.json, as the report stage logs it
 PREDICTIONS = "train/predictions.csv"  # a training run's predictions (split, image, patient, label, probability)
 PER_IMAGE = "explain/per_image.csv"  # its explain stage's per-image measures
+REPORT_TABLES = "report/tables"  # in a report run: <arch>/predictions.csv, <arch>/per_image.csv it was made from
 MIN_COMMIT_PREFIX = 4
 
 
@@ -733,12 +734,25 @@ def report_metrics(run: Mapping, uri: str | None = None) -> dict:
 
 
 def primary_tables(run: Mapping, arch: str, uri: str | None = None):
-    """The primary seed's ``train/predictions.csv`` and ``explain/per_image.csv`` of ``arch`` in a report run, read
-    from the training run its tag ``report.run.<arch>`` names, as two DataFrames."""
+    """The primary seed's ``predictions.csv`` and ``per_image.csv`` of ``arch`` that a report run was made from, as
+    two DataFrames: the copies the report run keeps (``report/tables/<arch>/``, :data:`REPORT_TABLES`); for a report
+    run logged before it kept them, the training run's ``train/predictions.csv`` and ``explain/per_image.csv`` (its tag
+    ``report.run.<arch>``), which a later explain stage may have overwritten: ``compare`` checks that the tables
+    reproduce the report's recorded values (:func:`cxrexplain.evaluation.compare.check_tables`)."""
     import io
 
     import pandas as pd
+    from mlflow.tracking import MlflowClient
 
+    own = f"{REPORT_TABLES}/{arch}"
+    kept = {
+        Path(f.path).name for f in MlflowClient(tracking_uri=uri or tracking_uri()).list_artifacts(run["run_id"], own)
+    }
+    if {"predictions.csv", "per_image.csv"} <= kept:
+        return tuple(
+            pd.read_csv(io.BytesIO(read_artifact(run["run_id"], f"{own}/{name}", uri)))
+            for name in ("predictions.csv", "per_image.csv")
+        )
     train = run["tags"].get(f"report.run.{arch}")
     if not train:
         raise CxrError(

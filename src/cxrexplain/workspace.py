@@ -14,7 +14,7 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
     models/<arch>/seed<s>/     best.ckpt, last.ckpt, predictions.csv, history.csv, mlflow_run.json (train@<arch>-<s>)
     explain/<arch>/seed<s>/    per_image.csv, summary.csv, paired.csv, sanity*.csv, maps.npz, galleries
                                (explain@<arch>-<s>)
-    explain/consistency.csv    (consistency)
+    consistency/consistency.csv (consistency)
     leakage/                   split.csv (the other split protocol), model/ (as models/<arch>/seed<s>/) (leakage)
     metrics/                   sample.json, split.json, train/<arch>/seed<s>.json, explain/<arch>/seed<s>.json,
                                leakage.json, explain/consistency.json
@@ -189,7 +189,8 @@ class Workspace:
 
     @property
     def consistency(self) -> Path:
-        return self.root / "explain" / "consistency.csv"
+        """``consistency/consistency.csv``: outside ``explain/``, which the consistency stage depends on whole."""
+        return self.root / "consistency" / "consistency.csv"
 
     @property
     def leakage(self) -> LeakageFiles:

@@ -74,6 +74,32 @@ def test_delong_comparison_pairs_the_two_tables_by_image_name():
         report.delong_comparison({"resnet50": a, "densenet121": b.assign(image=list("abcdeX"))})
 
 
+def test_delong_comparisons_test_every_pair_with_holms_adjustment():
+    """Three architectures: the three pairs in order, each equal to its own comparison, p Holm-adjusted over the three
+    (statsmodels' multipletests as the reference)."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(5)
+    labels = list(rng.integers(0, 2, 40))
+    names = [f"i{k}" for k in range(40)]
+    tables = {
+        arch: _predictions(names, np.clip(0.3 * np.array(labels) + w * rng.random(40), 0, 1), labels)
+        for arch, w in (("resnet18", 0.5), ("densenet121", 0.9), ("resnet50", 0.7))
+    }
+    found = report.delong_comparisons(tables)
+    assert [c["archs"] for c in found] == [
+        ["resnet18", "densenet121"],
+        ["resnet18", "resnet50"],
+        ["densenet121", "resnet50"],
+    ]
+    for c in found:
+        alone = report.delong_comparison({a: tables[a] for a in c["archs"]})
+        assert {k: v for k, v in c.items() if k != "p_holm"} == alone
+    expected = multipletests([c["p"] for c in found], method="holm")[1]
+    assert [c["p_holm"] for c in found] == pytest.approx(expected)
+    assert report.delong_comparisons({"resnet18": tables["resnet18"]}) == []
+
+
 def test_classification_chooses_the_threshold_on_val_and_counts_test_patients():
     frame = pd.concat(
         [
@@ -220,3 +246,14 @@ def test_leakage_section_states_the_numbers_and_that_synthetic_ones_test_the_mac
     report.leakage_section(saturated, result, facts)
     assert "at this setting the audit cannot show any inflation" in saturated.markdown(tmp_path)
     assert report.leakage_section(Document("t"), None, facts) is None
+
+
+def test_consistency_matrix_reads_every_pair_both_ways():
+    pair = lambda a, b, rho: {"archs": [a, b], "methods": {"gradcam": {"spearman": {"mean": rho}}}}  # noqa: E731
+    consistency = {"pairs": [pair("a", "b", 0.5), pair("a", "c", -0.25)]}
+    assert report.consistency_matrix(consistency, ["a", "b", "c"]) == [
+        ["a", "1", "0.50", "-0.25"],
+        ["b", "0.50", "1", "n/a"],
+        ["c", "-0.25", "n/a", "1"],
+    ]
+    assert report.consistency_matrix(None, ["a"]) == [["a", "1"]]

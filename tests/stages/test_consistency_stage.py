@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrexplain.config import validate
@@ -27,9 +28,11 @@ def test_identical_pneumonia_maps_agree_perfectly(tmp_path):
         write_maps(tmp_path / "explain" / arch / "seed42", raw, np.array([1, 1]))
     metrics = consistency.run(PARAMS, ws=Workspace(tmp_path))
     assert metrics["explained_class"] == "Pneumonia" and metrics["images"] == 2
-    assert metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
-    assert metrics["methods"]["gradcam"]["top_iou"]["mean"] == pytest.approx(1.0)
-    assert metrics["methods"]["gradcam"]["spearman"]["n"] == 2
+    (pair,) = metrics["pairs"]
+    assert pair["archs"] == ["resnet50", "densenet121"]
+    assert pair["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert pair["methods"]["gradcam"]["top_iou"]["mean"] == pytest.approx(1.0)
+    assert pair["methods"]["gradcam"]["spearman"]["n"] == 2
     assert json.loads((tmp_path / "metrics" / "explain" / "consistency.json").read_text()) == metrics
 
 
@@ -79,6 +82,32 @@ def test_it_compares_one_training_seeds_maps_the_primary_by_default(tmp_path):
     with pytest.raises(CxrError, match=r"explain/resnet50/seed42/maps.npz"):
         consistency.run(PARAMS, ws=Workspace(tmp_path))  # the primary seed (42) by default
     metrics = consistency.run(PARAMS, ws=Workspace(tmp_path), seed=43)
-    assert metrics["train_seed"] == 43 and metrics["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert metrics["train_seed"] == 43
+    assert metrics["pairs"][0]["methods"]["gradcam"]["spearman"]["mean"] == pytest.approx(1.0)
     with pytest.raises(CxrError, match=r"consistency: seed 7 is not one of the training seeds"):
         consistency.run(PARAMS, ws=Workspace(tmp_path), seed=7)
+
+
+def test_every_pair_of_three_architectures_and_none_of_one(tmp_path):
+    """Three backbones: the three pairs in model.archs' order, each scored as that pair alone would be (the maps of
+    resnet18 and densenet121 are identical, vgg-like third reversed); one backbone: no pair, an empty table."""
+    rng = np.random.default_rng(3)
+    raw = rng.random((2, 4, 4)).astype(np.float32)
+    write_maps(tmp_path / "explain" / "resnet18" / "seed42", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "densenet121" / "seed42", raw, np.array([1, 1]))
+    write_maps(tmp_path / "explain" / "resnet50" / "seed42", -raw, np.array([1, 1]))  # reversed ranks
+    three = validate({**PARAMS.model_dump(mode="json"), "model": {"archs": ["resnet18", "densenet121", "resnet50"]}})
+    metrics = consistency.run(three, ws=Workspace(tmp_path))
+    assert [p["archs"] for p in metrics["pairs"]] == [
+        ["resnet18", "densenet121"],
+        ["resnet18", "resnet50"],
+        ["densenet121", "resnet50"],
+    ]
+    rho = [p["methods"]["gradcam"]["spearman"]["mean"] for p in metrics["pairs"]]
+    assert rho == pytest.approx([1.0, -1.0, -1.0])
+    table = pd.read_csv(Workspace(tmp_path).consistency)
+    assert len(table) == 3 * 2 and list(table.columns[:3]) == ["arch_a", "arch_b", "method"]
+    one = validate({**PARAMS.model_dump(mode="json"), "model": {"archs": ["resnet18"]}})
+    alone = consistency.run(one, ws=Workspace(tmp_path))
+    assert alone["pairs"] == [] and alone["archs"] == ["resnet18"]
+    assert pd.read_csv(Workspace(tmp_path).consistency).empty

@@ -151,11 +151,13 @@ def test_consistency_compares_the_two_architectures(project):
     root, params, _ = project
     metrics = consistency.run(params, ws=Workspace(root))
     assert metrics["images"] == 12
-    assert set(metrics["methods"]) == set(CAMS)
-    for entry in metrics["methods"].values():
+    (pair,) = metrics["pairs"]  # two architectures: one pair
+    assert pair["archs"] == list(params.model.archs) and set(pair["methods"]) == set(CAMS)
+    for entry in pair["methods"].values():
         assert -1 <= entry["spearman"]["mean"] <= 1 and 0 <= entry["top_iou"]["mean"] <= 1
-    table = pd.read_csv(root / "explain" / "consistency.csv")
+    table = pd.read_csv(root / "consistency" / "consistency.csv")
     assert len(table) == 12 * len(CAMS)
+    assert set(zip(table["arch_a"], table["arch_b"], strict=True)) == {tuple(params.model.archs)}
 
 
 def test_youden_threshold_reproduces_the_explained_outcomes(project, tmp_path):

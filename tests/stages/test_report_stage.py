@@ -57,6 +57,10 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
         for seed in seeds:
             model, explain = ws.model(arch, seed), ws.explain(arch, seed)
             model.dir.mkdir(parents=True)
+            train_metrics = ws.stage_metrics("train", arch, seed)
+            train_metrics.parent.mkdir(parents=True, exist_ok=True)
+            environment = {"machine": "CPU X (2 threads)", "torch": "2.14.1", "precision": "32-true"}
+            train_metrics.write_text(json.dumps({"arch": arch, "seed": seed, "environment": environment}))
             probability = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
             frame.assign(probability=probability).to_csv(model.predictions, index=False)
             history = {"epoch": [0, 1], "train/loss": [0.7, 0.6], "val/loss": [0.7, 0.65], "val/auroc": [0.6, 0.7]}
@@ -69,14 +73,14 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
                 {
                     "method_a": "gradcam",
                     "method_b": "saliency",
-                    "measure": ["pointing", "deletion"],
+                    "measure": ["pointing", "deletion", "average_drop", "increase"],
                     "n": 12,
-                    "mean_difference": [0.1, -0.05],
-                    "low": [0.0, -0.1],
-                    "high": [0.2, 0.0],
-                    "p": [0.04, 0.0004],
-                    "p_holm": [0.08, 0.0008],
-                    "test": ["mcnemar", "t"],
+                    "mean_difference": [0.1, -0.05, -0.1, 0.2],
+                    "low": [0.0, -0.1, -0.2, 0.0],
+                    "high": [0.2, 0.0, 0.0, 0.4],
+                    "p": [0.04, 0.0004, 0.01, 0.15],
+                    "p_holm": [0.08, 0.0008, 0.02, 0.3],
+                    "test": ["mcnemar", "t", "t", "mcnemar"],
                 }
             ).to_csv(explain.paired, index=False)
             curve = [
@@ -100,9 +104,16 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
                     "gradcam": {
                         "pointing": _interval(0.5 + (seed - 42) / 100, 6),
                         "deletion": _interval(0.3),
+                        "increase": _interval(0.4),
+                        "average_drop": _interval(0.2),
                         "sanity": sanity,
                     },
-                    "saliency": {"pointing": _interval(0.4, 6), "deletion": _interval(0.35)},
+                    "saliency": {
+                        "pointing": _interval(0.4, 6),
+                        "deletion": _interval(0.35),
+                        "increase": _interval(0.6),
+                        "average_drop": _interval(0.3),
+                    },
                 },
                 "settings": {
                     "threshold": 0.5,
@@ -117,7 +128,8 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
             ws.stage_metrics("explain", arch, seed).parent.mkdir(parents=True, exist_ok=True)
             ws.stage_metrics("explain", arch, seed).write_text(json.dumps(explained))
     consistency = {"gradcam": {"spearman": _interval(0.2), "top_iou": _interval(0.15)}}
-    ws.consistency_metrics.write_text(json.dumps({"images": 12, "tie_orders": 2, "methods": consistency}))
+    pairs = [{"archs": [a, b], "methods": consistency} for k, a in enumerate(archs) for b in archs[k + 1 :]]
+    ws.consistency_metrics.write_text(json.dumps({"images": 12, "tie_orders": 2, "archs": list(archs), "pairs": pairs}))
     write_leakage(ws, frame, archs[0])
 
 
@@ -170,12 +182,16 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
     out = ws.report
     written = json.loads(out.metrics.read_text())
     assert written["archs"]["resnet50"]["at_0.5"]["auroc"] == metrics["archs"]["resnet50"]["at_0.5"]["auroc"]
-    assert set(metrics["archs"]) == set(ARCHS) and metrics["delong"]["images"] == 24
+    assert set(metrics["archs"]) == set(ARCHS)
+    (delong,) = metrics["delong"]  # one pair
+    assert delong["images"] == 24 and delong["archs"] == list(ARCHS) and delong["p_holm"] == delong["p"]
     assert {p.name for p in out.figures.iterdir()} == {
         *("confusion.png", "roc.png", "pr.png", "calibration.png", "training.png"),
         *(f"{name}_{a}.png" for a in ARCHS for name in ("gallery_gradcam", "methods", "sanity")),
     }
-    assert {p.name for p in out.plots.iterdir()} == {f"{kind}_{a}.csv" for a in ARCHS for kind in ("confusion", "roc")}
+    assert {str(p.relative_to(out.plots)) for p in out.plots.rglob("*.csv")} == {
+        f"{kind}/{a}.csv" for a in ARCHS for kind in ("confusion", "roc")
+    }
     # the galleries are the explain stage's files, copied
     assert (out.figures / "methods_resnet50.png").read_bytes() == ws.explain("resnet50", 42).methods_figure.read_bytes()
     markdown = out.markdown.read_text()
@@ -322,6 +338,12 @@ def test_the_report_is_logged_into_each_run_and_a_summary_run(ws, store):
     assert summary.data.tags["seeds"] == "42,43,44"
     logged = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/metrics.json", "report/roc.png"} <= logged  # figures/*
+    # the primary seed's tables it was made from, kept: compare --against bootstraps from them
+    for arch in ARCHS:
+        kept = {a.path for a in client.list_artifacts(summary.info.run_id, f"{tracking.REPORT_TABLES}/{arch}")}
+        assert kept == {f"report/tables/{arch}/predictions.csv", f"report/tables/{arch}/per_image.csv"}
+        copy = tracking.read_artifact(summary.info.run_id, f"report/tables/{arch}/per_image.csv", store)
+        assert copy == ws.explain(arch, 42).per_image.read_bytes()
 
 
 def test_the_seed_spread_gives_every_seed_its_mean_sd_and_t_interval(made):
@@ -364,7 +386,59 @@ def test_one_training_seed_says_that_no_spread_can_be_estimated(tmp_path):
     metrics = report.run(one, ws=ws, log_to_mlflow=False)
     auroc = metrics["seeds"]["densenet121"]["metrics"]["auroc"]
     assert auroc["n"] == 1 and np.isnan(auroc["sd"]) and np.isnan(auroc["low"])
-    assert "One training seed (7): no seed spread can be estimated" in ws.report.markdown.read_text()
+    markdown = ws.report.markdown.read_text()
+    assert "One training seed (7): no seed spread can be estimated" in markdown
+    assert "With one training seed nothing here measures how much retraining moves these numbers" in markdown
+
+
+def test_the_papers_sections_compare_backbones_and_rank_methods_by_confidence_increase(made):
+    ws, _ = made
+    markdown = ws.report.markdown.read_text()
+    assert "## Across backbones: Grad-CAM's localisation, faithfulness, sanity and consistency" in markdown
+    header = "| backbone | test AUROC | Grad-CAM pointing ↑ | energy in boxes ↑ | deletion AUC ↓ | insertion AUC ↑ |"
+    assert header in markdown
+    for arch in ARCHS:  # the fixture's sanity: passes at 0.20; no energy or insertion measured: n/a
+        row = next(
+            line for line in markdown.splitlines() if line.startswith(f"| {arch} | ") and "passes (0.20)" in line
+        )
+        assert " n/a " in row
+    assert f"| {ARCHS[0]} | 1 | 0.20 |" in markdown  # the Grad-CAM consistency matrix: the pair's mean ρ
+    assert "## Methods compared by confidence increase" in markdown
+    # ranked by increase: saliency (0.60) before gradcam (0.40); the pairwise cells, each pair read both ways
+    assert "| 1 | saliency | 0.600" in markdown and "| 2 | gradcam | 0.400" in markdown
+    assert "| saliency |  | drop +0.100 (p 0.020); incr. -0.200 (p 0.300) |" in markdown
+    assert "| gradcam | drop -0.100 (p 0.020); incr. +0.200 (p 0.300) |  |" in markdown
+
+
+def test_the_report_says_what_is_identical_where_and_names_each_trainings_environment(made, tmp_path):
+    ws, metrics = made
+    markdown = ws.report.markdown.read_text()
+    assert "## Reproducibility: what is identical where" in markdown
+    assert "Not identical across CPU kinds or GPUs" in markdown and "tests/stages/test_train_stage.py" in markdown
+    trainings = ", ".join(f"{a} s{s}" for a in ARCHS for s in PARAMS.seeds)
+    # the fixture's metrics predate the deterministic record: said, not guessed
+    assert f"| CPU X (2 threads) | 2.14.1 | 32-true | not recorded | {trainings} |" in markdown
+    assert metrics["environments"] == [
+        {
+            "machine": "CPU X (2 threads)",
+            "torch": "2.14.1",
+            "precision": "32-true",
+            "deterministic": "not recorded",
+            "trainings": trainings.split(", "),
+        }
+    ]
+    assert "the seed spread above" in markdown and "more than one environment" not in markdown
+    # one training on another machine: two environments, and the report says what that mixes
+    other = tmp_path / "repo"
+    shutil.copytree(ws.root, other)
+    other_ws = Workspace(other)
+    moved = other_ws.stage_metrics("train", ARCHS[1], PARAMS.seeds[-1])
+    moved.write_text(
+        json.dumps({"environment": {"machine": "cuda:GPU Y x1", "torch": "2.14.1", "precision": "bf16-mixed"}})
+    )
+    again = report.run(PARAMS, ws=other_ws, log_to_mlflow=False)
+    assert [e["trainings"] for e in again["environments"]][1] == [f"{ARCHS[1]} s{PARAMS.seeds[-1]}"]
+    assert "These trainings ran in more than one environment" in other_ws.report.markdown.read_text()
 
 
 # --------------------------------------------------------------------------------------------------------------------

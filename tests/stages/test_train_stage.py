@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -136,6 +137,14 @@ def test_outputs_metrics_and_mlflow_run(project, monkeypatch):
     on_disk = json.loads((project / "metrics" / "train" / "resnet18" / "seed42.json").read_text())
     assert on_disk == metrics
     assert set(metrics["val"]) == {"auroc", "accuracy", "precision", "recall", "specificity", "f1"}
+    # what the numbers depend on besides params and data: the report's reproducibility section reads it
+    environment = metrics["environment"]
+    assert environment["machine"] == f"{training.cpu_model()} ({torch.get_num_threads()} threads)"
+    assert (environment["torch"], environment["precision"], environment["deterministic"]) == (
+        torch.__version__,
+        "32-true",
+        True,
+    )
 
     ref = json.loads((out / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=ref["tracking_uri"])
@@ -485,3 +494,11 @@ def test_a_seed_outside_the_list_is_refused_before_anything(project):
     with pytest.raises(CxrError, match=r"train@resnet18: seed 7 is not one of the training seeds .*seeds: 42, 43, 44"):
         train.run(params_of(), "resnet18", ws=Workspace(project), seed=7, show_progress=False)
     assert not (project / "models").exists()
+
+
+def test_the_cpu_model_is_read_from_cpuinfo_and_falls_back_without_it(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC   9B14\n\nprocessor\t: 1\n")
+    assert training.cpu_model(cpuinfo) == "AMD EPYC 9B14"
+    fallback = training.cpu_model(tmp_path / "missing")
+    assert fallback and fallback == (platform.processor() or platform.machine() or "unknown")

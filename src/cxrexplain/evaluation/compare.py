@@ -37,9 +37,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.classification import cluster_bootstrap_difference, point_metrics
 from cxrexplain.evaluation.document import Document
-from cxrexplain.evaluation.seeds import CLASSIFICATION, METHOD
+from cxrexplain.evaluation.seeds import CLASSIFICATION, METHOD, test_metrics
 
 THRESHOLD = 0.5  # the classification metrics compared are the report's at 0.5
 COLUMNS = ("arch", "metric", "ref", "run", "ref_sd", "run_sd", "difference", "low", "high", "changed", "method")
@@ -168,6 +169,32 @@ class PerImage:
 
     predictions: pd.DataFrame
     per_image: pd.DataFrame
+
+
+def check_tables(metrics: Mapping, arch: str, data: PerImage, name: str) -> None:
+    """Refuse per-image tables that are not the ones a report was made from: the primary seed's test metrics
+    recomputed from ``data.predictions`` and Grad-CAM's measure means from ``data.per_image`` must equal the values
+    ``metrics`` (that report's ``metrics.json``) recorded for it (to 1e-9; both NaN counts as equal). ``name`` names
+    the report in the :class:`CxrError`. A training run's ``explain/per_image.csv`` is overwritten when its model is
+    explained again (e.g. with another setting): comparing from it would show a change as none."""
+    spread = metrics["seeds"][arch]
+    k = spread["seeds"].index(metrics.get("primary_seed", spread["seeds"][0]))
+    now = test_metrics(data.predictions)
+    rows = data.per_image[data.per_image["method"] == METHOD]
+    columns = [c for c in rows.columns if f"{METHOD}/{c}" in spread["metrics"]]
+    now |= {f"{METHOD}/{c}": float(_nanmean(rows[[c]].to_numpy(np.float64))[0]) for c in columns}
+    for metric, entry in spread["metrics"].items():
+        if metric not in now:
+            continue
+        recorded, found = entry["values"][k], now[metric]
+        if (math.isnan(recorded) and math.isnan(found)) or math.isclose(recorded, found, rel_tol=1e-9, abs_tol=1e-9):
+            continue
+        raise CxrError(
+            f"{name}: the per-image tables of {arch} give {metric} = {found:.6g}, but the report recorded "
+            f"{recorded:.6g}: they are not the tables it was made from (its training run's were overwritten by a "
+            "later explain or training stage). Re-make the report (dvc repro report) to compare it; report runs "
+            f"keep their own copies under report/tables/<arch>/."
+        )
 
 
 def shared_archs(run: Mapping, ref: Mapping) -> list[str]:
@@ -335,6 +362,7 @@ __all__ = [
     "LEGEND",
     "PerImage",
     "cells",
+    "check_tables",
     "classification_differences",
     "compare",
     "describe",

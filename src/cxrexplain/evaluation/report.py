@@ -6,7 +6,7 @@ and writes the whole report into one folder laid out as ``reports/``::
 
     figures/        confusion, ROC, PR, calibration, training, sanity_<arch> (drawn); gallery_gradcam_<arch> and
                     methods_<arch> (copied from explain/<arch>/)
-    plots/          DVC plot data: confusion_<arch>.csv (actual, predicted at 0.5), roc_<arch>.csv (fpr, tpr)
+    plots/          DVC plot data: confusion/<arch>.csv (actual, predicted at 0.5), roc/<arch>.csv (fpr, tpr)
     report.md       GitHub Markdown, figures linked relative to the folder
     report.html     the same document, one self-contained file (figures embedded)
     metrics.json    per architecture: intervals at 0.5 and at Youden's threshold, Grad-CAM headline; DeLong; the seed
@@ -23,6 +23,7 @@ is generated from the measure registry: a new measure appears in the report with
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -46,6 +47,7 @@ from cxrexplain.evaluation import figures
 from cxrexplain.evaluation import seeds as seed_spread
 from cxrexplain.evaluation.document import Document
 from cxrexplain.explain.measures.registry import FAMILIES, MEASURES, Column
+from cxrexplain.explain.measures.statistics import holm
 from cxrexplain.io import atomic_dir, scratch_dir, write_csv, write_json, write_text
 from cxrexplain.workspace import ExplainFiles, ReportFiles, Workspace, stage_name
 
@@ -83,6 +85,7 @@ class SeedRun:
 
     predictions: pd.DataFrame
     explained: Mapping
+    environment: Mapping | None = None  # the training's ``environment`` (machine, torch, precision, deterministic)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Inputs:
     archs: dict[str, ArchInputs]  # the primary seed's
     sample: dict
     split: dict
-    consistency: dict | None  # only with two architectures: the consistency stage compares exactly two
+    consistency: dict | None  # the consistency stage's metrics: every pair of architectures
     seeds: dict[str, dict[int, SeedRun]]  # every architecture's every training seed, the primary first
     leakage: LeakageInputs | None = None  # the leakage stage's outputs (read_leakage)
 
@@ -133,10 +136,12 @@ def read_inputs(ws: Workspace, archs: Sequence[str], seeds: Sequence[int], *, ru
     for a in archs:
         for s in seeds:
             m, e = ws.model(a, s), ws.explain(a, s)
-            need([m.predictions, m.history, *([m.run_ref] if run_refs else [])], made_by=stage_name("train", a, s))
+            need(
+                [m.predictions, m.history, ws.stage_metrics("train", a, s), *([m.run_ref] if run_refs else [])],
+                made_by=stage_name("train", a, s),
+            )
             need([*e.complete, ws.stage_metrics("explain", a, s)], made_by=stage_name("explain", a, s))
-    if len(archs) == 2:
-        need([ws.consistency_metrics], made_by="consistency")
+    need([ws.consistency_metrics], made_by="consistency")
     explained = {a: {s: _json(ws.stage_metrics("explain", a, s)) for s in seeds} for a in archs}
     galleries = {a: linked_galleries(explained[a][primary], ws.explain(a, primary)) for a in archs}
     for a in archs:
@@ -153,8 +158,9 @@ def read_inputs(ws: Workspace, archs: Sequence[str], seeds: Sequence[int], *, ru
         )
         for a in archs
     }
-    runs = {a: {s: SeedRun(predictions[a][s], explained[a][s]) for s in seeds} for a in archs}
-    consistency = _json(ws.consistency_metrics) if len(archs) == 2 else None
+    environments = {a: {s: _json(ws.stage_metrics("train", a, s)).get("environment") for s in seeds} for a in archs}
+    runs = {a: {s: SeedRun(predictions[a][s], explained[a][s], environments[a][s]) for s in seeds} for a in archs}
+    consistency = _json(ws.consistency_metrics)
     leakage = read_leakage(ws, {a: x.predictions for a, x in loaded.items()})
     return Inputs(
         loaded, _json(ws.stage_metrics("sample")), _json(ws.stage_metrics("split")), consistency, runs, leakage
@@ -214,6 +220,18 @@ def delong_comparison(predictions: Mapping[str, pd.DataFrame]) -> dict:
     return {"archs": archs, "images": len(common), **{k: float(v) for k, v in result.items()}}
 
 
+def delong_comparisons(predictions: Mapping[str, pd.DataFrame]) -> list[dict]:
+    """:func:`delong_comparison` of every pair of architectures (model.archs' order: (a0, a1), (a0, a2), ...), each
+    with ``p_holm``, Holm's adjustment over the pairs; none with one architecture."""
+    found = [
+        delong_comparison({a: predictions[a], b: predictions[b]})
+        for a, b in itertools.combinations(list(predictions), 2)
+    ]
+    for entry, adjusted in zip(found, holm([e["p"] for e in found]), strict=True):
+        entry["p_holm"] = float(adjusted)
+    return found
+
+
 def negatives_of(sample: Mapping) -> tuple[str, str]:
     """The cohort's ``sample.negatives`` setting as ``metrics/sample.json`` records it (a file without it, written
     before the setting existed: ``no_finding``, the study's task) and the negative class's name."""
@@ -250,7 +268,7 @@ def build(
         for a, x in inputs.items()
     }
     test_sets = {a: _test_set(x.predictions) for a, x in inputs.items()}
-    comparison = delong_comparison({a: x.predictions for a, x in inputs.items()}) if len(archs) == 2 else None
+    comparison = delong_comparisons({a: x.predictions for a, x in inputs.items()})
     made = {
         "confusion": figures.confusion_figure(
             {a: cls.confusion(*test_sets[a], 0.5) for a in archs},
@@ -282,9 +300,9 @@ def build(
             made[f"{name}_{a}"] = Path(shutil.copyfile(source, fig_dir / f"{name}_{a}.png"))
     for a in archs:  # DVC plot data: per-image actual/predicted (confusion template) and ROC points (simple template)
         y, p = test_sets[a]
-        write_csv(plots / f"confusion_{a}.csv", pd.DataFrame({"actual": y, "predicted": (p > 0.5).astype(int)}))
+        write_csv(plots / "confusion" / f"{a}.csv", pd.DataFrame({"actual": y, "predicted": (p > 0.5).astype(int)}))
         fpr, tpr = cls.roc_points(y, p)
-        write_csv(plots / f"roc_{a}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
+        write_csv(plots / "roc" / f"{a}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
     for a, x in inputs.items():
         if len(x.sanity_curve):
             made[f"sanity_{a}"] = figures.sanity_figure(
@@ -298,8 +316,11 @@ def build(
     spreads = {a: seed_spread_of(seed_runs[a]) for a in archs}
     doc = document(facts, sample, split, results, made, archs, comparison)
     seed_section(doc, spreads, results, {a: x.explained for a, x in inputs.items()}, facts)
+    machines = reproducibility_section(doc, seed_runs, facts)
     explanations(doc, {a: x.explained for a, x in inputs.items()}, {a: x.paired for a, x in inputs.items()}, made)
     consistency_section(doc, consistency)
+    cross_architecture_section(doc, results, {a: x.explained for a, x in inputs.items()}, consistency, facts)
+    confidence_section(doc, {a: x.explained for a, x in inputs.items()}, {a: x.paired for a, x in inputs.items()})
     audit = leakage_section(doc, leakage_comparison(leakage, bootstrap=settings.bootstrap, seed=facts.seed), facts)
     write_text(Path(folder) / "report.md", doc.markdown(Path(folder)))
     write_text(Path(folder) / "report.html", doc.html())
@@ -313,6 +334,7 @@ def build(
         "delong": comparison,
         "primary_seed": facts.seeds[0],
         "seeds": spreads,
+        "environments": machines,
         "leakage": audit,
     }
     write_json(Path(folder) / "metrics.json", metrics)
@@ -354,12 +376,16 @@ def log_runs(
     metrics: Mapping,
     made: Mapping[str, str],
     tags: Mapping[str, str] | None = None,
+    tables: Mapping[str, Sequence[Path]] | None = None,
 ) -> str | None:
     """Each architecture's primary-seed MLflow run gets its figures and report metrics, every other seed's run its own
     test metrics at 0.5 (``report/at_0.5/<metric>``, from the seed spread); a summary run (in the store of the first
     architecture's run) gets the report, tagged with the runs it covers, the MD5 of ``metrics.json``
-    (:func:`report_digest`) and ``tags``. ``refs``: arch → seed → run reference. Returns the summary run's id (None
-    without runs)."""
+    (:func:`report_digest`) and ``tags``, and ``tables``: arch → the primary seed's ``predictions.csv`` and
+    ``per_image.csv`` the report was made from, under ``report/tables/<arch>/`` (:data:`tracking.REPORT_TABLES`).
+    ``compare --against`` bootstraps from these copies: the training run's own ``explain/per_image.csv`` is
+    overwritten when the model is explained again, after which it no longer belongs to this report. ``refs``: arch →
+    seed → run reference. Returns the summary run's id (None without runs)."""
     primary = params.primary_seed
     for arch, by_seed in refs.items():
         ref = by_seed[primary]
@@ -382,8 +408,15 @@ def log_runs(
         extra = {tracking.REPORT_DIGEST_TAG: report_digest(files), **(tags or {})}
         summary = tracking.summary_run(params, runs, uri=uri, extra=extra)
         tracking.log_artifacts(summary, [files.markdown, files.html, files.metrics, files.figures], "report", uri=uri)
+        for arch, paths in (tables or {}).items():
+            tracking.log_artifacts(summary, list(paths), f"{tracking.REPORT_TABLES}/{arch}", uri=uri)
         return summary
     return None
+
+
+def primary_tables(ws: Workspace, archs: Sequence[str], seeds: Sequence[int]) -> dict[str, list[Path]]:
+    """arch → the primary seed's ``predictions.csv`` and ``per_image.csv``: what a summary run keeps a copy of."""
+    return {a: [ws.model(a, seeds[0]).predictions, ws.explain(a, seeds[0]).per_image] for a in archs}
 
 
 def report_digest(files: ReportFiles) -> str:
@@ -474,9 +507,9 @@ def document(
     results: Mapping[str, dict],
     made: Mapping[str, Path],
     archs: Sequence[str],
-    comparison: Mapping | None,
+    comparison: Sequence[Mapping],
 ) -> Document:
-    """The cohort, the study beside this run, the classification metrics and their figures, DeLong's test."""
+    """The cohort, the study beside this run, the classification metrics and their figures, DeLong's tests."""
     negatives, negative = negatives_of(sample)
     task = "Pneumonia vs No Finding" if negatives == "no_finding" else "Pneumonia vs all others (one-vs-rest)"
     doc = Document(f"cxrexplain report: {task}" + (" [SYNTHETIC DATA]" if facts.synthetic else ""))
@@ -556,12 +589,23 @@ def document(
     doc.figure(made["calibration"], "Calibration diagram (test)")
     doc.figure(made["training"], "Training curves: loss and AUROC per epoch")
 
-    if comparison is not None:
+    if comparison:
         doc.paragraph(
-            f"DeLong's test of the two test AUROCs on the same {comparison['images']} images: {archs[0]} "
-            f"{comparison['auc_a']:.3f}, {archs[1]} {comparison['auc_b']:.3f}, difference "
-            f"{comparison['difference']:+.3f} (95 % CI {comparison['low']:+.3f} to {comparison['high']:+.3f}), "
-            f"z = {comparison['z']:.2f}, p = {_p(comparison['p'])}."
+            f"DeLong's test of the test AUROCs of every pair of architectures on the same {comparison[0]['images']} "
+            "images (difference = first − second with its 95 % CI; p Holm-adjusted over the pairs)."
+        )
+        doc.table(
+            ["pair", "AUROC", "difference (95 % CI)", "z", "p (Holm)"],
+            [
+                [
+                    f"{c['archs'][0]} vs {c['archs'][1]}",
+                    f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}",
+                    f"{c['difference']:+.3f} ({c['low']:+.3f} to {c['high']:+.3f})",
+                    f"{c['z']:.2f}",
+                    f"{_p(c['p'])} ({_p(c['p_holm'])})",
+                ]
+                for c in comparison
+            ],
         )
     return doc
 
@@ -640,6 +684,57 @@ def seed_section(
         )
 
 
+ENVIRONMENT_KEYS = ("machine", "torch", "precision", "deterministic")
+
+
+def environments(seed_runs: Mapping[str, Mapping[int, SeedRun]]) -> list[dict]:
+    """The distinct training environments of a run, each with the trainings (``<arch> s<seed>``) made in it, in the
+    order first met; a training whose metrics predate the record counts as ``not recorded``."""
+    groups: dict[tuple, dict] = {}
+    for arch, runs in seed_runs.items():
+        for seed, run in runs.items():
+            env = run.environment or {}
+            key = tuple(str(env.get(k, "not recorded")) for k in ENVIRONMENT_KEYS)
+            entry = groups.setdefault(key, {**dict(zip(ENVIRONMENT_KEYS, key, strict=True)), "trainings": []})
+            entry["trainings"].append(f"{arch} s{seed}")
+    return list(groups.values())
+
+
+def reproducibility_section(doc: Document, seed_runs: Mapping[str, Mapping[int, SeedRun]], facts: RunFacts) -> list:
+    """What in this report is identical where: the environments its trainings ran in, what reproduces bit for bit
+    (and where that was tested), what does not, and the yardstick for a difference. Returns the environments."""
+    found = environments(seed_runs)
+    doc.heading("Reproducibility: what is identical where")
+    doc.paragraph(
+        "Identical bytes on any machine: the synthetic mirror (its generator is seeded), the cohort and the split "
+        "(their MD5s are in `dvc.lock`; `dvc status` says whether a clone's match). Identical on the same machine "
+        "kind with the same software and params: the trainings (weights bit for bit, tested on this repository's "
+        "CPU machine by `tests/stages/test_train_stage.py`) and so everything computed from them. Not identical "
+        "across CPU kinds or GPUs: their kernels round differently and a few epochs from scratch amplify that, so "
+        "a clone on another machine re-makes this report with its own numbers. The trainings of this report ran "
+        "in the environment(s) below."
+    )
+    doc.table(
+        ["machine", "torch", "precision", "deterministic algorithms", "trainings"],
+        [[e["machine"], e["torch"], e["precision"], e["deterministic"], ", ".join(e["trainings"])] for e in found],
+    )
+    if len(found) > 1:
+        doc.paragraph(
+            "These trainings ran in more than one environment: differences between them mix the environment's "
+            "with the seeds' and the code's."
+        )
+    doc.paragraph(
+        (
+            "The yardstick for a difference from another run (another commit or machine) is the seed spread above: "
+            if len(facts.seeds) > 1
+            else "With one training seed nothing here measures how much retraining moves these numbers; the "
+            "yardstick for a difference from another run is then the test set's bootstrap interval only: "
+        )
+        + "`cxrexplain compare --against <commit or run>` tells for every metric whether it moved beyond it."
+    )
+    return found
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -658,19 +753,148 @@ def _bootstrap_cell(result: Mapping, explained: Mapping, key: str) -> str:
 
 
 def consistency_section(doc: Document, consistency: Mapping | None) -> None:
-    """Agreement of the two architectures' maps (``metrics/explain/consistency.json``), when there is one."""
-    if consistency:
-        doc.heading("Consistency across architectures", 3)
+    """Agreement of every pair of architectures' maps (``metrics/explain/consistency.json``), when there is a pair."""
+    pairs = (consistency or {}).get("pairs") or []
+    if not pairs:
+        return
+    doc.heading("Consistency across architectures", 3)
+    doc.paragraph(
+        f"Every pair of architectures' maps of class Pneumonia on the same {consistency['images']} test images (every "
+        "map explains Pneumonia, whatever either model predicted): Spearman rank correlation over the pixels (a "
+        "constant map counts as ρ = 0) and IoU of the two top-20 % regions, ties broken at random and averaged "
+        f"over {consistency['tie_orders']} orders; patient-clustered 95 % intervals."
+    )
+    doc.table(
+        ["pair", "method", "Spearman ρ", "top-20 % region IoU"],
+        [
+            [f"{pair['archs'][0]} vs {pair['archs'][1]}", m, _cell(v["spearman"]), _cell(v["top_iou"])]
+            for pair in pairs
+            for m, v in pair["methods"].items()
+        ],
+    )
+
+
+CROSS_MEASURES = (
+    ("pointing", "Grad-CAM pointing ↑"),
+    ("energy", "energy in boxes ↑"),
+    ("deletion", "deletion AUC ↓"),
+    ("insertion", "insertion AUC ↑"),
+    ("increase", "increase in confidence ↑"),
+)
+"""The Grad-CAM measures of the cross-architecture table: localisation, then perturbation faithfulness."""
+
+
+def consistency_matrix(consistency: Mapping | None, archs: Sequence[str], method: str = "gradcam") -> list[list[str]]:
+    """Rows of an arch × arch table of ``method``'s mean Spearman ρ between the two backbones' Pneumonia maps (the
+    consistency stage's pairs; the diagonal is 1 by definition, a pair without the method ``n/a``)."""
+    found = {}
+    for pair in (consistency or {}).get("pairs") or []:
+        entry = pair["methods"].get(method, {}).get("spearman")
+        if entry:
+            a, b = pair["archs"]
+            found[a, b] = found[b, a] = f"{entry['mean']:.2f}"
+    return [[a, *("1" if a == b else found.get((a, b), "n/a") for b in archs)] for a in archs]
+
+
+def cross_architecture_section(
+    doc: Document,
+    results: Mapping[str, Mapping],
+    explained: Mapping[str, Mapping],
+    consistency: Mapping | None,
+    facts: RunFacts,
+) -> None:
+    """The quantitative framework's table: per backbone, test AUROC, Grad-CAM's localisation, faithfulness and sanity;
+    then the backbones' pairwise Grad-CAM consistency."""
+    archs = list(results)
+    doc.heading("Across backbones: Grad-CAM's localisation, faithfulness, sanity and consistency")
+    doc.paragraph(
+        "The cross-architecture analysis of the papers this project answers (localisation, perturbation "
+        "faithfulness and cross-model consistency per backbone; one of them finds Grad-CAM's fidelity degrading for "
+        "a Vision Transformer), computed on this run's backbones, primary training seed: test AUROC at 0.5 with its "
+        "patient-clustered interval, Grad-CAM's measures (means with intervals, from the sections above) and its "
+        "sanity verdict (mean |ρ| once the head and the last block are randomised)."
+        + (" On synthetic data this tests the machinery; it says nothing about radiographs." if facts.synthetic else "")
+    )
+    rows = []
+    for a in archs:
+        gradcam = explained[a]["methods"].get("gradcam", {})
+        sanity = gradcam.get("sanity")
+        rows.append(
+            [
+                a,
+                _fmt(results[a]["at_0.5"]["auroc"]),
+                *(_cell(gradcam.get(key)) for key, _ in CROSS_MEASURES),
+                (
+                    f"{'passes' if sanity['passes'] else 'FAILS'} ({sanity['spearman_after_last_block']:.2f})"
+                    if sanity
+                    else "n/a"
+                ),
+            ]
+        )
+    doc.table(["backbone", "test AUROC", *(label for _, label in CROSS_MEASURES), "sanity (mean abs ρ)"], rows)
+    if len(archs) > 1:
         doc.paragraph(
-            f"Both architectures' maps of class Pneumonia on the same {consistency['images']} test images (every map "
-            "explains Pneumonia, whatever either model predicted): Spearman rank correlation over the pixels (a "
-            "constant map counts as ρ = 0) and IoU of the two top-20 % regions, ties broken at random and averaged "
-            f"over {consistency['tie_orders']} orders; patient-clustered 95 % intervals."
+            "Grad-CAM's consistency between backbones: mean Spearman ρ of the two backbones' Pneumonia maps of the "
+            "same test images (intervals in the consistency table above)."
         )
+        doc.table(["", *archs], consistency_matrix(consistency, archs))
+
+
+def confidence_section(doc: Document, explained: Mapping[str, Mapping], paired: Mapping[str, pd.DataFrame]) -> None:
+    """The CAM-variant comparison by confidence: per backbone, every method's increase in confidence and average drop
+    (the decision maps of the subset), ranked, and every pair of methods' paired tests on them (the explain stage's
+    ``paired.csv``: McNemar's exact test on the 0/1 increase, the paired t-test on the drop; Holm-adjusted)."""
+    if not any("increase" in e for x in explained.values() for e in x["methods"].values()):
+        return
+    doc.heading("Methods compared by confidence increase")
+    doc.paragraph(
+        "As the papers that compare CAM variants do (Chattopadhay et al. 2018's measures): the image multiplied by "
+        "the map is shown to the model; *increase in confidence* is the share of images whose score for the "
+        "explained class rises, *average drop* the mean relative fall of that score (lower is better). Methods are "
+        "ranked by increase; the pairwise table gives, for every pair of methods on the same images, the difference "
+        "(row − column) of the average drop with the paired t-test's Holm-adjusted p, and the difference of the "
+        "increase with McNemar's exact test's."
+    )
+    for a, info in explained.items():
+        methods = {m: e for m, e in info["methods"].items() if "increase" in e}
+        if not methods:
+            continue
+        ranked = sorted(methods, key=lambda m: -(methods[m]["increase"].get("mean") or -1.0))
+        doc.heading(a, 3)
         doc.table(
-            ["method", "Spearman ρ", "top-20 % region IoU"],
-            [[m, _cell(v["spearman"]), _cell(v["top_iou"])] for m, v in consistency["methods"].items()],
+            ["rank", "method", "increase in confidence ↑", "average drop ↓"],
+            [
+                [str(k + 1), m, _cell(methods[m].get("increase")), _cell(methods[m].get("average_drop"))]
+                for k, m in enumerate(ranked)
+            ],
         )
+        table = paired.get(a)
+        if table is None or not len(table):
+            continue
+        doc.table(["row − column", *ranked], pairwise_cells(table, ranked))
+
+
+def pairwise_cells(table: pd.DataFrame, methods: Sequence[str]) -> list[list[str]]:
+    """Rows of a method × method table from ``paired.csv``: per pair, the average drop's difference (row − column)
+    with the paired t-test's Holm p, and the increase's with McNemar's (a pair stored as (column, row) is negated)."""
+
+    def cell(row: str, column: str) -> str:
+        parts = []
+        for measure, test in (("average_drop", "t"), ("increase", "mcnemar")):
+            found = table[(table["measure"] == measure) & (table["test"] == test)]
+            forward = found[(found["method_a"] == row) & (found["method_b"] == column)]
+            backward = found[(found["method_a"] == column) & (found["method_b"] == row)]
+            if len(forward):
+                entry, sign = forward.iloc[0], 1.0
+            elif len(backward):
+                entry, sign = backward.iloc[0], -1.0
+            else:
+                continue
+            name = "drop" if measure == "average_drop" else "incr."
+            parts.append(f"{name} {sign * entry['mean_difference']:+.3f} (p {_p(entry['p_holm'])})")
+        return "; ".join(parts) or "n/a"
+
+    return [[r, *("" if r == c else cell(r, c) for c in methods)] for r in methods]
 
 
 @dataclass(frozen=True)
@@ -984,9 +1208,14 @@ __all__ = [
     "arch_figures",
     "build",
     "classification",
+    "confidence_section",
+    "consistency_matrix",
+    "cross_architecture_section",
     "delong_comparison",
+    "delong_comparisons",
     "flat_metrics",
     "linked_galleries",
+    "pairwise_cells",
     "publish",
     "write",
 ]

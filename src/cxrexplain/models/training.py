@@ -27,6 +27,7 @@ existing file, which may be a hard link into DVC's cache.
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 import shutil
 from collections.abc import Mapping
@@ -46,7 +47,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cxrexplain import tracking
-from cxrexplain.config import Params, require_arch
+from cxrexplain.config import Params, TrainParams, require_arch
 from cxrexplain.data.datamodule import CxrDataModule, epoch_seed
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation.metrics import binary_metrics
@@ -103,6 +104,34 @@ def device_name(accelerator: str) -> str:
     if on_gpu(accelerator):
         return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (``model name`` in Linux's ``/proc/cpuinfo``; elsewhere :func:`platform.processor`, or
+    the architecture when that is empty): CPU kinds round differently, so a training's numbers belong to it."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def environment(train: TrainParams) -> dict[str, Any]:
+    """What a training's exact numbers depend on besides its params and data, as its metrics record it: the machine
+    (the GPU's name and count, or the CPU model and torch's threads), the torch version, the precision actually used
+    and the deterministic switch. Two trainings with the same params, seed and environment give the same weights bit
+    for bit (tested on this repository's CPU machine, ``tests/stages/test_train_stage.py``); across CPU kinds or GPUs
+    they do not (README: Reproducibility)."""
+    gpu = on_gpu(train.accelerator)
+    return {
+        "machine": device_name(train.accelerator) if gpu else f"{cpu_model()} ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "precision": resolve_precision(train.precision, train.accelerator),
+        "deterministic": bool(train.deterministic),
+    }
 
 
 @torch.no_grad()
@@ -455,6 +484,7 @@ def _best_epoch(training: Training) -> Result:
         "best_val_loss": training.checkpoint.best_score,
         "val": scores["val"],
         "test": scores["test"],
+        "environment": environment(training.params.train),
     }
     training.logger.log_metrics({f"best_{s}/{k}": v for s in ("val", "test") for k, v in scores[s].items()})
     history = pd.DataFrame(training.trainer.lightning_module.history)

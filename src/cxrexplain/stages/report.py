@@ -49,7 +49,7 @@ def run(
         seed_runs=found.seeds,
         leakage=found.leakage,
     )
-    report.log_runs(refs, params, ws.report, metrics, made)
+    report.log_runs(refs, params, ws.report, metrics, made, tables=report.primary_tables(ws, archs, seeds))
     log.info("report written to %s (report.md, report.html, metrics.json)", ws.report.dir)
     return metrics
 
@@ -74,6 +74,14 @@ def log_only(params: Params, *, ws: Workspace | None = None) -> str | None:
     if found is not None:
         log.info("report already logged to MLflow (run %s): nothing to do", found)
         return None
-    summary = report.log_runs(refs, params, ws.report, metrics, made, tags={"report.logged_by": "log-only"})
+    summary = report.log_runs(
+        refs,
+        params,
+        ws.report,
+        metrics,
+        made,
+        tags={"report.logged_by": "log-only"},
+        tables=report.primary_tables(ws, archs, seeds),
+    )
     log.info("report in %s logged to MLflow without rebuilding it (run %s)", ws.report.dir, summary)
     return summary
