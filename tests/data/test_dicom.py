@@ -4,58 +4,24 @@ cache from a folder of DICOM files (files generated here with pydicom, 2 × 7 to
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEGLosslessSV1
 
 from cxrexplain.data import dicom
-from cxrexplain.data.sample import robust_gray8, to_gray8
+from cxrexplain.data.sample import INDEX_COLUMNS, load_cache, robust_gray8, to_gray8
 from cxrexplain.errors import CxrError
-
-
-def make_dicom(
-    pixels: np.ndarray,
-    *,
-    bits_stored: int = 12,
-    bits_allocated: int = 16,
-    signed: bool = False,
-    photometric: str = "MONOCHROME2",
-    raw: np.ndarray | None = None,
-    samples: int = 1,
-    **attributes,
-) -> bytes:
-    """A DICOM Part 10 file of one grayscale frame; ``raw``: the stored words as given (garbage in high bits)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if samples > 1 else pixels.shape[-2:]
-    ds.SamplesPerPixel = samples
-    if samples > 1:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    words = raw if raw is not None else pixels
-    dtype = {8: "u1", 16: "<i2" if signed else "<u2"}[bits_allocated]
-    ds.PixelData = np.ascontiguousarray(words).astype(dtype).tobytes()
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from dicomfiles import make_dicom
 
 
 def gray(data: bytes) -> np.ndarray:
@@ -219,3 +185,100 @@ def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
         dicom.read_file(path)
     with pytest.raises(CxrError, match=r"absent.dcm: image not found"):
         dicom.read_file(tmp_path / "absent.dcm")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A cache from a folder of DICOM files
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Five radiographs (16 wide, 8 high), one truncated, one listed outside the folder, and their labels and boxes."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "dicom"
+    (root / "sub").mkdir(parents=True)
+    files = {}
+    for i, (name, photometric) in enumerate(
+        [
+            ("a.dcm", "MONOCHROME2"),
+            ("sub/b.dcm", "MONOCHROME2"),
+            ("c.dcm", "MONOCHROME1"),
+            ("d.dcm", "MONOCHROME2"),
+            ("e.dcm", "MONOCHROME2"),
+        ]
+    ):
+        values = rng.integers(0, 4096, size=(8, 16), dtype=np.uint16)
+        files[name] = make_dicom(
+            values, photometric=photometric, PatientID=f"dicom-{i // 2}", WindowCenter=2048, WindowWidth=4096
+        )
+        (root / name).write_bytes(files[name])
+    (root / "broken.dcm").write_bytes(files["a.dcm"][:-7])
+    (tmp_path / "outside.dcm").write_bytes(files["a.dcm"])
+    labels = pd.DataFrame(
+        {
+            "file": ["a.dcm", "sub/b.dcm", "c.dcm", "d.dcm", "e.dcm", "broken.dcm", "../outside.dcm"],
+            "label": ["Pneumonia", "0", "1", "No Finding", "1", "1", "0"],
+            "patient": ["p1", "", "p2", "p2", "", "p3", "p4"],
+        }
+    )
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"file": ["a.dcm", "a.dcm", "d.dcm"], "x": [2, 14, 1], "y": [1, 6, 1], "w": [4, 4, 2], "h": [2, 4, 2]}
+    ).to_csv(tmp_path / "boxes.csv", index=False)
+    return root, files
+
+
+def test_a_folder_becomes_the_cache_format_with_skipped_files_listed(folder, tmp_path):
+    root, files = folder
+    out = tmp_path / "cache"
+    out.mkdir()
+    result = dicom.sample_from_dicom(
+        root, tmp_path / "labels.csv", tmp_path / "boxes.csv", out, image_size=32, max_skipped=0.5, show_progress=False
+    )
+    images, index = load_cache(out)
+    assert list(index.columns) == list(INDEX_COLUMNS) and list(index["row"]) == [0, 1, 2, 3, 4]
+    assert list(index["image"]) == ["a.dcm", "sub/b.dcm", "c.dcm", "d.dcm", "e.dcm"]
+    assert list(index["label"]) == [1, 0, 1, 0, 1] and list(index["labels"])[:2] == ["Pneumonia", "No Finding"]
+    # the labels' patient when given, else the DICOM PatientID
+    assert list(index["patient"]) == ["p1", "dicom-0", "p2", "p2", "dicom-2"]
+    assert set(index["width"]) == {16} and set(index["height"]) == {8}
+    for row, name in enumerate(index["image"]):
+        np.testing.assert_array_equal(images[row], dicom.decode_dicom(files[name], 32, name)[0])
+    # boxes in DICOM pixels scaled by 32/16 and 32/8; the second one clipped to the image; d.dcm is No Finding
+    assert json.loads(index["boxes"][0]) == [[4.0, 4.0, 8.0, 8.0], [28.0, 24.0, 4.0, 8.0]]
+    assert index["boxes"][1:].tolist() == ["[]"] * 4
+    assert (result.cache.boxes.kept, result.cache.boxes.clipped) == (1, 1)
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert list(rejects["image"]) == ["../outside.dcm", "broken.dcm"]
+    assert rejects["reason"][0] == f"outside {root}"
+    assert rejects["reason"][1].startswith("pixel data unreadable (Explicit VR Little Endian; ValueError")
+    metrics = result.metrics(32, root, tmp_path / "labels.csv")
+    assert metrics["source"] == "dicom" and metrics["listed"] == 7 and metrics["rejected"] == 2
+    assert metrics["cached"] == {"images": 5, "pneumonia": 3, "negative": 2, "patients": 4, "pneumonia_with_boxes": 1}
+
+
+def test_too_many_skipped_files_fail_naming_them(folder, tmp_path):
+    root, _ = folder
+    out = tmp_path / "cache"
+    out.mkdir()
+    with pytest.raises(
+        CxrError,
+        match=r"dicom: 2 of the 7 listed DICOM files cannot be cached \(28.6%; at most 1.0% may be skipped, "
+        r"--max-skipped\), e.g. broken.dcm: pixel data unreadable .*; \.\./outside.dcm: outside ",
+    ):
+        dicom.sample_from_dicom(root, tmp_path / "labels.csv", None, out, image_size=32, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.dcm,maybe\n", r"line 2: label 'maybe', expected 1, 0, Pneumonia or No Finding"),
+        ("file,label\na.dcm,1\na.dcm,0\n", r"a.dcm is listed twice"),
+        ("name,label\na.dcm,1\n", r"lacks column\(s\) file \(has name, label\)"),
+        ("file,label\n", r"no image listed"),
+    ],
+)
+def test_a_bad_labels_file_is_refused_naming_the_line(tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(CxrError, match=rf"labels.csv: {message}"):
+        dicom.read_labels(tmp_path / "labels.csv")
