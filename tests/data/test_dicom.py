@@ -149,6 +149,14 @@ def compressed_without_decoder() -> bytes:
     return buffer.getvalue()
 
 
+def unknown_syntax() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(WINDOW_12)))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"  # a private UID, no transfer syntax pydicom knows
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
 def hostile_files() -> dict[str, tuple[bytes, str]]:
     good = make_dicom(WINDOW_12, WindowCenter=2048, WindowWidth=1024)
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
@@ -160,6 +168,7 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "cut-header.dcm": (good[:200], r"no pixel data \(truncated, or not an image\)"),
         "jpeg.dcm": (compressed_without_decoder(), r"compressed with JPEG Lossless.* no decoder for it is installed"),
         "frames.dcm": (frames, r"2 frames; one radiograph per file"),
+        "private.dcm": (unknown_syntax(), r"invalid DICOM header \(ValueError: UID is not a transfer syntax"),
         "colour.dcm": (colour, r"a colour image \(RGB, 3 samples per pixel\)"),
         "narrow.dcm": (
             make_dicom(WINDOW_12, WindowCenter=2048, WindowWidth=0),

@@ -104,6 +104,17 @@ def read_dataset(data: bytes, name: str | Path) -> pydicom.Dataset:
         raise CxrError(f"{name}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
     except Exception as error:  # pydicom raises many kinds on a damaged header
         raise CxrError(f"{name}: unreadable DICOM header ({type(error).__name__}: {error})") from None
+    try:
+        _check_image(ds, name)
+    except CxrError:
+        raise
+    except Exception as error:  # an attribute of the wrong type or value (a UID that is no transfer syntax, ...)
+        raise CxrError(f"{name}: invalid DICOM header ({type(error).__name__}: {error})") from None
+    return ds
+
+
+def _check_image(ds: pydicom.Dataset, name: str | Path) -> None:
+    """One grayscale frame that an installed decoder can read, else a :class:`CxrError` naming the problem."""
     if "PixelData" not in ds:
         raise CxrError(f"{name}: no pixel data (truncated, or not an image)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -130,7 +141,6 @@ def read_dataset(data: bytes, name: str | Path) -> pydicom.Dataset:
         if not decoder.is_available:
             needs = "; ".join(decoder.missing_dependencies)
             raise CxrError(f"{name}: compressed with {syntax.name} and no decoder for it is installed ({needs})")
-    return ds
 
 
 def _voi_kind(ds: pydicom.Dataset) -> str | None:
@@ -319,6 +329,9 @@ def build_dicom_cache(
                 gray = dicom_gray8(ds, path)
             except CxrError as error:
                 rejects.append((row["file"], "", str(error).removeprefix(f"{path}: ")))
+                continue
+            except Exception as error:  # a failure no check foresaw is still this file's, not the run's
+                rejects.append((row["file"], "", f"unreadable ({type(error).__name__}: {error})"))
                 continue
             patient = row.get("patient") or str(ds.get("PatientID", "")).strip()
             if not patient:
