@@ -11,7 +11,7 @@ from cxrexplain.data.sample import load_cache
 from dicomfiles import make_dicom
 from inprocess import cli
 
-PARAMS = {"seed": 0, "sample": {"image_size": 32}}
+PARAMS = {"seed": 0, "data": {"source": "dicom"}, "sample": {"image_size": 32}}
 
 
 def write_folder(root, patients: int = 20):
@@ -48,5 +48,14 @@ def test_sample_from_dicom_then_split_reads_the_cache(tmp_path):
     assert cli("split", cwd=tmp_path).returncode == 0
     split = pd.read_csv(tmp_path / "data" / "split.csv")
     assert len(split) == 40 and split.groupby("patient")["split"].nunique().max() == 1
+    # data.source: dicom has nothing to download, and the NIH sample stage would replace the cache: both refuse
+    for command in ("download", "sample"):
+        refused = cli(command, cwd=tmp_path)
+        message = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "cxrexplain sample --from-dicom DIR --labels CSV" in message
+    assert cli("split", cwd=tmp_path).returncode == 0 and len(load_cache(tmp_path / "data" / "cache")[1]) == 40
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "data": {"source": "nih"}}))
+    nih = cli(*args, cwd=tmp_path)
+    assert nih.returncode == 2 and "params.yaml says data.source: nih; set it to dicom" in " ".join(nih.stderr.split())
     wrong = cli("sample", "--labels", "labels.csv", cwd=tmp_path)
     assert wrong.returncode == 2 and "give their folder with --from-dicom" in " ".join(wrong.stderr.split())

@@ -1,10 +1,11 @@
 """``cxrexplain sample --from-dicom DIR --labels CSV``: the sample stage's outputs from a folder of DICOM radiographs.
 
-Not a DVC stage: a person runs it instead of ``download`` and ``sample``. It writes what the sample stage writes,
-in the same format (``data/cache/{images.npy,index.csv,rejects.csv}`` as one atomic folder, ``metrics/sample.json``
-with ``source: dicom``), so ``split``, ``train``, ``explain`` and ``report`` read it unchanged. The work is
-:func:`cxrexplain.data.dicom.sample_from_dicom`. When more than ``max_skipped`` of the listed files cannot be read,
-nothing is written and the old cache stays.
+Not a DVC stage: a person runs it instead of ``download`` and ``sample``, with ``data.source: dicom`` in
+``params.yaml`` (so that the report, the MLflow tags and the registered model name the data). It writes what the
+sample stage writes, in the same format (``data/cache/{images.npy,index.csv,rejects.csv}`` as one atomic folder,
+``metrics/sample.json`` with ``source: dicom``), so ``split``, ``train``, ``explain`` and ``report`` read it
+unchanged. The work is :func:`cxrexplain.data.dicom.sample_from_dicom`. When more than ``max_skipped`` of the listed
+files cannot be read, nothing is written and the old cache stays.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.panel import Panel
 from cxrexplain.config import Params
 from cxrexplain.data.dicom import sample_from_dicom
 from cxrexplain.data.sample import MAX_REJECTED_SHARE
+from cxrexplain.errors import CxrError
 from cxrexplain.io import write_json
 from cxrexplain.workspace import Workspace
 
@@ -36,6 +38,13 @@ def run(
 ) -> dict:
     """Decode and cache the DICOM files ``labels`` lists at ``sample.image_size``; returns ``metrics/sample.json``."""
     ws = ws or Workspace()
+    if params.data.source != "dicom":
+        raise CxrError(
+            f"--from-dicom: params.yaml says data.source: {params.data.source}; set it to dicom, so that the "
+            "report and MLflow name the data the models are trained on"
+        )
+    if params.split.official_test:
+        raise CxrError("--from-dicom: split.official_test must be false (NIH's test list names NIH images)")
     size = params.sample.image_size
     with ws.output(ws.cache.dir) as tmp:
         result = sample_from_dicom(
