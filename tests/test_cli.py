@@ -11,7 +11,7 @@ def test_invalid_params_fail_before_any_work_naming_the_key(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  source: kaggle\nsample:\n  per_clas: 10\n")
     result = cli("sample", cwd=tmp_path)
     assert result.returncode == 2
-    assert "data.source: Input should be 'nih' or 'synthetic' (got 'kaggle')" in result.stderr
+    assert "data.source: Input should be 'nih', 'synthetic' or 'dicom' (got 'kaggle')" in result.stderr
     assert "sample.per_clas: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()

@@ -53,7 +53,7 @@ def test_profiles_validate_and_use_synthetic_data(profile):
     [
         ({"bogus": 1}, "bogus: unknown key"),
         ({"data": {"sorce": "nih"}}, "data.sorce: unknown key"),
-        ({"data": {"source": "kaggle"}}, "data.source: Input should be 'nih' or 'synthetic' (got 'kaggle')"),
+        ({"data": {"source": "kaggle"}}, "data.source: Input should be 'nih', 'synthetic' or 'dicom' (got 'kaggle')"),
         ({"sample": {"per_class": "many"}}, "sample.per_class: Input should be a valid integer"),
         ({"sample": {"per_class": 0}}, "sample.per_class: Input should be greater than or equal to 1 (got 0)"),
         ({"sample": {"image_size": 256.0}}, "sample.image_size: Input should be a valid integer"),

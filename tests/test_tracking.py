@@ -311,3 +311,4 @@ def test_one_registered_model_per_data_source_and_task():
     assert tracking.registered_model("resnet50") == "cxrexplain-resnet50"  # real data, the study's task
     assert tracking.registered_model("resnet50", "synthetic") == "cxrexplain-resnet50-synthetic"
     assert tracking.registered_model("densenet121", "nih", "all_others") == "cxrexplain-densenet121-onevsrest"
+    assert tracking.registered_model("resnet50", "dicom") == "cxrexplain-resnet50-dicom"  # other radiographs

@@ -99,11 +99,37 @@ def download(path: ParamsOption = PARAMS_FILE, progress: ProgressOption = True) 
 
 
 @app.command()
-def sample(path: ParamsOption = PARAMS_FILE, progress: ProgressOption = True) -> None:
-    """Stage sample: pick the cohort and cache its images (data/cache/)."""
-    from cxrexplain.stages import sample as stage
+def sample(
+    path: ParamsOption = PARAMS_FILE,
+    progress: ProgressOption = True,
+    from_dicom: Annotated[
+        Path | None,
+        typer.Option("--from-dicom", help="cache a folder of DICOM radiographs instead of the NIH cohort (--labels)"),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="with --from-dicom: CSV of file,label (1/Pneumonia, 0/No Finding)[,patient,view]"),
+    ] = None,
+    boxes: Annotated[
+        Path | None, typer.Option(help="with --from-dicom: CSV of file,x,y,w,h (Pneumonia boxes in DICOM pixels)")
+    ] = None,
+    max_skipped: Annotated[
+        float, typer.Option(help="with --from-dicom: the share of unreadable files skipped before the run fails")
+    ] = 0.01,
+) -> None:
+    """Stage sample: pick the cohort and cache its images (data/cache/); or, with --from-dicom, cache DICOM files."""
+    if from_dicom is None:
+        if labels is not None or boxes is not None:
+            raise CxrError("--labels and --boxes describe DICOM files: give their folder with --from-dicom")
+        from cxrexplain.stages import sample as stage
 
-    stage.run(load_params(path), show_progress=progress)
+        stage.run(load_params(path), show_progress=progress)
+        return
+    if labels is None:
+        raise CxrError(f"--from-dicom {from_dicom}: give the labels CSV with --labels (columns file,label)")
+    from cxrexplain.stages import sample_dicom
+
+    sample_dicom.run(load_params(path), from_dicom, labels, boxes, max_skipped=max_skipped, show_progress=progress)
 
 
 @app.command()
@@ -258,7 +284,7 @@ def _compare_reports(against: str, run: str | None, *, markdown: bool, bootstrap
 
 @app.command("explain-image")
 def explain_image(
-    image: Annotated[Path, typer.Argument(help="a chest X-ray (PNG or any format Pillow reads)")],
+    image: Annotated[Path, typer.Argument(help="a chest X-ray: DICOM, PNG or any format Pillow reads")],
     checkpoint: Annotated[Path, typer.Option(help="a training checkpoint, e.g. models/resnet50/best.ckpt")],
     method: Annotated[
         str,

@@ -77,8 +77,10 @@ class SyntheticParams(_Section):
 
 
 class DataParams(_Section):
-    source: Literal["nih", "synthetic"] = Field(
-        "nih", description="nih: the 12 official archives; synthetic: the project's generated NIH-format mirror"
+    source: Literal["nih", "synthetic", "dicom"] = Field(
+        "nih",
+        description="nih: the 12 official archives; synthetic: the project's generated NIH-format mirror; "
+        "dicom: your DICOM files (sample --from-dicom)",
     )
     mirror: str | None = Field(
         None, description="base URL or local directory with the NIH file names, used instead of the official links"

@@ -412,10 +412,11 @@ RUN_TAGS_ON_VERSIONS = ("git.commit", "git.dirty", "data.source", "data.notice",
 
 def registered_model(arch: str, source: str = "nih", negatives: str = "no_finding") -> str:
     """The registered model every training of ``arch`` on ``source`` data for the task ``negatives`` adds a version to:
-    ``cxrexplain-<arch>`` (real NIH data, the study's task), with ``-synthetic`` on the synthetic mirror and
-    ``-onevsrest`` for ``sample.negatives: all_others``. One registered model (and one ``champion``) per data source and
-    task, so that a synthetic 0.999 val AUROC never outranks a real one, nor an easier task a harder one."""
-    suffix = ("-synthetic" if source == "synthetic" else "") + ("-onevsrest" if negatives == "all_others" else "")
+    ``cxrexplain-<arch>`` (real NIH data, the study's task), with ``-synthetic`` on the synthetic mirror, ``-dicom`` on
+    a cache from DICOM files, and ``-onevsrest`` for ``sample.negatives: all_others``. One registered model (and one
+    ``champion``) per data source and task, so that a synthetic 0.999 val AUROC never outranks a real one, a model of
+    other radiographs never one of NIH's, nor an easier task a harder one."""
+    suffix = ("" if source == "nih" else f"-{source}") + ("-onevsrest" if negatives == "all_others" else "")
     return f"cxrexplain-{arch}{suffix}"
 
 

@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cxrexplain.config import validate
+from cxrexplain.data.sample import to_gray8
 from cxrexplain.errors import CxrError
 from cxrexplain.explain import pipeline
 from cxrexplain.explain.agreement import read_pneumonia_maps
 from cxrexplain.explain.single import explain_file
 from cxrexplain.stages import consistency, explain, leakage, train
 from cxrexplain.workspace import Workspace
+from dicomfiles import make_dicom
 from inprocess import cli
 from tinydata import write_tiny_dataset
 
@@ -192,6 +194,26 @@ def test_explain_image_cli_writes_an_overlay(project, tmp_path):
         explain_file(tmp_path / "broken.png", root / "models" / "resnet18" / "seed42" / "best.ckpt")
 
 
+def test_explain_image_reads_dicom_as_the_same_input_as_png(project, tmp_path):
+    root, _, _ = project
+    ckpt = root / "models" / "resnet18" / "seed42" / "best.ckpt"
+    pixels = np.load(root / "data" / "cache" / "images.npy")[1]  # 32 px, the network's 64 px input is resized
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    # an 8-bit MONOCHROME1 file (stored 255 - g) whose LINEAR window 128/256 is the identity: the PNG's pixels, so the
+    # rest of explain_file (shared by both) sees the same input
+    data = make_dicom(
+        255 - pixels, bits_stored=8, bits_allocated=8, photometric="MONOCHROME1", WindowCenter=128, WindowWidth=256
+    )
+    (tmp_path / "xray.dcm").write_bytes(data)
+    result = explain_file(tmp_path / "xray.dcm", ckpt, out=tmp_path / "dcm.png")
+    np.testing.assert_array_equal(result.image, to_gray8(buffer.getvalue(), 64)[0])
+    assert 0 < result.probability < 1 and result.heatmap.shape == (64, 64) and result.path.is_file()
+    (tmp_path / "fake.dcm").write_bytes(b"\x89PNG not DICOM" * 20)
+    with pytest.raises(CxrError, match=r"fake.dcm: not a DICOM file"):
+        explain_file(tmp_path / "fake.dcm", ckpt)
+
+
 def test_missing_checkpoint_names_the_stage_to_run(tmp_path):
     write_tiny_dataset(tmp_path / "data")
     with pytest.raises(
@@ -240,6 +262,7 @@ def test_a_run_missing_from_the_tracking_store_stops_explain_before_any_work(pro
 KILLED_WHILE_WRITING = """
 import json, os, signal, sys
 from cxrexplain.config import validate
+from cxrexplain.data.sample import to_gray8
 from cxrexplain.explain import gallery
 from cxrexplain.stages import explain
 from cxrexplain.workspace import Workspace

@@ -152,31 +152,44 @@ def to_gray8(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
     8-bit grayscale is kept as is; RGB(A) and palette images are converted to luminance (alpha dropped). Images of
     more than 8 bits (16-bit, 32-bit integer, float; their bit depth and range vary between scanners) are windowed
-    to the 0.5th and 99.5th percentiles of their own pixels (:data:`ROBUST_WINDOW`): values below and above are
-    clipped to 0 and 255, the rest scaled linearly. A plain min-max would let a handful of hot or dead detector
-    pixels, a burnt-in marker or zero padding set the range and squeeze the anatomy into a few gray levels; 0.5 % of
-    a 1024² image is about 5,000 pixels, more than such defects cover and far less than any anatomy. When 99 % or
-    more of the pixels share one value the window is empty and the full range is used; a constant image becomes 0.
-    Non-square images are resized to the square (NIH's PNGs are all 1024 × 1024). Raises on a truncated or
-    undecodable file.
+    by :func:`robust_gray8`. Non-square images are resized to the square (:func:`square_gray8`; NIH's PNGs are all
+    1024 × 1024). Raises on a truncated or undecodable file.
     """
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         width, height = image.size
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            values = np.asarray(image, dtype=np.float64)
-            lo, hi = (float(v) for v in np.percentile(values, ROBUST_WINDOW))
-            if hi <= lo:  # 99 % or more of the pixels share one value: the window is empty, use the full range
-                lo, hi = float(values.min()), float(values.max())
-            scaled = (np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-            gray = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+            gray = robust_gray8(np.asarray(image, dtype=np.float64))
         elif image.mode != "L":
-            gray = image.convert("L")
+            gray = np.asarray(image.convert("L"), dtype=np.uint8)
         else:
-            gray = image
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(gray, dtype=np.uint8), (width, height)
+            gray = np.asarray(image, dtype=np.uint8)
+        return square_gray8(gray, size), (width, height)
+
+
+def robust_gray8(values: np.ndarray) -> np.ndarray:
+    """Values of more than 8 bits as 8-bit gray, windowed to their own 0.5th and 99.5th percentiles.
+
+    Values below and above the window (:data:`ROBUST_WINDOW`) are clipped to 0 and 255, the rest scaled linearly. A
+    plain min-max would let a handful of hot or dead detector pixels, a burnt-in marker or zero padding set the range
+    and squeeze the anatomy into a few gray levels; 0.5 % of a 1024² image is about 5,000 pixels, more than such
+    defects cover and far less than any anatomy. When 99 % or more of the pixels share one value the window is empty
+    and the full range is used; a constant image becomes 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = (float(v) for v in np.percentile(values, ROBUST_WINDOW))
+    if hi <= lo:  # 99 % or more of the pixels share one value: the window is empty, use the full range
+        lo, hi = float(values.min()), float(values.max())
+    scaled = (np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def square_gray8(gray: np.ndarray, size: int) -> np.ndarray:
+    """An 8-bit grayscale array resized (bilinear, Pillow) to ``size`` × ``size``; unchanged when it already is."""
+    if gray.shape == (size, size):
+        return np.ascontiguousarray(gray, dtype=np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L")
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -445,14 +458,19 @@ class SampleResult:
             "rejected": len(self.cache.rejects),
             "not_in_archive": int((reasons == NOT_IN_ARCHIVE).sum()),
             "boxes": asdict(boxes),
-            "cached": {
-                "images": len(index),
-                "pneumonia": int((index["label"] == 1).sum()),
-                "negative": int((index["label"] == 0).sum()),
-                "patients": int(index["patient"].nunique()),
-                "pneumonia_with_boxes": int(((index["label"] == 1) & (index["boxes"] != "[]")).sum()),
-            },
+            "cached": cached_counts(index),
         }
+
+
+def cached_counts(index: pd.DataFrame) -> dict[str, int]:
+    """The ``cached`` block of ``metrics/sample.json`` (the report's cohort line): images, classes, patients, boxes."""
+    return {
+        "images": len(index),
+        "pneumonia": int((index["label"] == 1).sum()),
+        "negative": int((index["label"] == 0).sum()),
+        "patients": int(index["patient"].nunique()),
+        "pneumonia_with_boxes": int(((index["label"] == 1) & (index["boxes"] != "[]")).sum()),
+    }
 
 
 def sample_cache(

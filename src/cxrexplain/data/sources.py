@@ -38,9 +38,15 @@ def fill_raw(data: DataParams, raw_dir: Path, *, workers: int = 1, show_progress
     """Make ``raw_dir`` hold the verified NIH layout for ``data``: skip verified files, resume partial ones.
 
     Raises:
-        CxrError: a file cannot be fetched or fails its checks (the message names it, its source and what to do), or
-            the synthetic mirror would overwrite a real download.
+        CxrError: a file cannot be fetched or fails its checks (the message names it, its source and what to do),
+            the synthetic mirror would overwrite a real download, or ``data.source`` is ``dicom`` (no download).
     """
+    if data.source == "dicom":
+        raise CxrError(
+            "data.source: dicom has nothing to download: build the cache with `cxrexplain sample --from-dicom DIR "
+            "--labels CSV`, then run `cxrexplain split` and the later stages by their commands (README: Real "
+            "radiographs as DICOM)"
+        )
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     if data.source == "synthetic":

@@ -1,4 +1,10 @@
-"""Explain one image a user points at (``cxrexplain explain-image``): decode, resize, normalise, explain, draw."""
+"""Explain one image a user points at (``cxrexplain explain-image``): decode, resize, normalise, explain, draw.
+
+A PNG (or any format Pillow reads) is decoded as the sample stage decodes NIH's PNGs
+(:func:`cxrexplain.data.sample.to_gray8`); a DICOM file (the ``DICM`` marker, or a ``.dcm``/``.dicom``/``.dic`` name)
+through the DICOM grayscale pipeline (:mod:`cxrexplain.data.dicom`: modality LUT, VOI LUT or window, MONOCHROME1
+inverted), checked before the checkpoint is loaded.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import numpy as np
 import torch
 
 from cxrexplain.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
-from cxrexplain.data.sample import to_gray8
+from cxrexplain.data import dicom
+from cxrexplain.data.sample import square_gray8, to_gray8
 from cxrexplain.data.transforms import eval_transform
 from cxrexplain.errors import CxrError
 from cxrexplain.explain import attributions, cam, gallery
@@ -56,6 +63,13 @@ def explain_file(
         data = image_path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{image_path}: image not found") from None
+    radiograph = None  # a DICOM file's 8-bit gray at its own size: decoded (and refused) before the model loads
+    if dicom.is_dicom(data) or image_path.suffix.lower() in dicom.DICOM_SUFFIXES:
+        if len(data) > dicom.MAX_DICOM_BYTES:
+            raise CxrError(
+                f"{image_path}: {len(data):,} bytes, more than the {dicom.MAX_DICOM_BYTES:,} a radiograph needs"
+            )
+        radiograph = dicom.dicom_gray8(dicom.read_dataset(data, image_path), image_path)
     model, hparams = load_classifier(checkpoint, device)
     side = size or hparams.get("image_size")
     if not side:
@@ -65,7 +79,7 @@ def explain_file(
             f"{checkpoint}: records image size {side!r}, outside {MIN_INPUT_SIDE}..{MAX_INPUT_SIDE} pixels; pass --size"
         )
     try:
-        gray, _ = to_gray8(data, int(side))
+        gray = square_gray8(radiograph, int(side)) if radiograph is not None else to_gray8(data, int(side))[0]
     except Exception as error:
         raise CxrError(f"{image_path}: not a readable image ({type(error).__name__}: {error})") from None
     x = torch.from_numpy(eval_transform(int(side))(image=gray)["image"])[None, None].to(device)

@@ -15,6 +15,7 @@ from rich.panel import Panel
 from cxrexplain.config import Params
 from cxrexplain.data import layout
 from cxrexplain.data.sample import sample_cache
+from cxrexplain.errors import CxrError
 from cxrexplain.io import write_json
 from cxrexplain.workspace import Workspace
 
@@ -24,6 +25,11 @@ log = logging.getLogger("cxrexplain.sample")
 def run(params: Params, ws: Workspace | None = None, *, show_progress: bool = True) -> dict:
     """Select, stream, decode and cache; returns the metrics written to ``metrics/sample.json``."""
     ws = ws or Workspace()
+    if params.data.source == "dicom":
+        raise CxrError(
+            "sample: data.source is dicom: the cache comes from `cxrexplain sample --from-dicom DIR --labels CSV`, "
+            "not from the NIH layout (README: Real radiographs as DICOM)"
+        )
     metadata = [ws.raw / layout.DATA_ENTRY, ws.raw / layout.BBOX_LIST]
     ws.require(metadata, needed_by="sample", made_by="download")
     with ws.output(ws.cache.dir) as tmp:

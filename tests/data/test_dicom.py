@@ -1,0 +1,293 @@
+"""DICOM radiographs to 8-bit gray: hand-computed pixels, pydicom's own functions as the oracle, hostile files, and a
+cache from a folder of DICOM files (files generated here with pydicom, 2 × 7 to 24 × 24 pixels)."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.sequence import Sequence
+from pydicom.uid import JPEGLosslessSV1
+
+from cxrexplain.data import dicom
+from cxrexplain.data.sample import INDEX_COLUMNS, load_cache, robust_gray8, to_gray8
+from cxrexplain.errors import CxrError
+from dicomfiles import make_dicom
+
+
+def gray(data: bytes) -> np.ndarray:
+    return dicom.dicom_gray8(dicom.read_dataset(data, "x.dcm"), "x.dcm")
+
+
+def pydicom_gray(data: bytes, y_min: float, y_max: float) -> np.ndarray:
+    """The oracle: pydicom's modality and VOI functions, then the display range [y_min, y_max] onto 0..255."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    shown = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    g = np.rint(np.clip((shown - y_min) / (y_max - y_min), 0, 1) * 255).astype(np.uint8)
+    return 255 - g if ds.PhotometricInterpretation == "MONOCHROME1" else g
+
+
+# LINEAR window (PS3.3 C.11.2.1.2.1), centre 2048, width 1024, on 12 bits: x <= 1536 -> 0, x > 2559 -> 255, between
+# g = round(((x - 2047.5) / 1023 + 0.5) * 255): 1537 -> 0.25 -> 0; 1800 -> 65.81 -> 66; 2048 -> 127.62 -> 128
+WINDOW_12 = np.array([[1000, 1536, 1537, 1800, 2048, 2559, 2560, 4095]], dtype=np.uint16)
+WINDOW_12_GRAY = np.array([[0, 0, 0, 66, 128, 255, 255, 255]], dtype=np.uint8)
+
+
+def test_window_on_12_bits_in_16_matches_the_hand_computed_values_and_drops_the_high_bits():
+    garbage = WINDOW_12 | np.uint16(0xA000)  # bits 13-16 set: overlays or noise, not part of the 12-bit value
+    data = make_dicom(WINDOW_12, raw=garbage, WindowCenter=2048, WindowWidth=1024)
+    np.testing.assert_array_equal(gray(data), WINDOW_12_GRAY)
+    np.testing.assert_array_equal(gray(data), pydicom_gray(data, 0, 4095))
+
+
+def test_monochrome1_is_inverted_after_the_window():
+    data = make_dicom(WINDOW_12, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=1024)
+    np.testing.assert_array_equal(gray(data), 255 - WINDOW_12_GRAY)
+    np.testing.assert_array_equal(gray(data), pydicom_gray(data, 0, 4095))
+
+
+def test_signed_16_bits_with_rescale_then_window():
+    # modality value = 2 x stored - 1000; window centre 0, width 2000 (LINEAR): m <= -1000 -> 0, m > 999 -> 255,
+    # between g = round(((m + 0.5) / 1999 + 0.5) * 255): -200 -> 102.05 -> 102; 0 -> 127.56 -> 128; 200 -> 153.08 -> 153
+    stored = np.array([[-32768, 0, 400, 500, 600, 1000, 32767]], dtype=np.int16)
+    data = make_dicom(
+        stored,
+        bits_stored=16,
+        signed=True,
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=0,
+        WindowWidth=2000,
+    )
+    np.testing.assert_array_equal(gray(data), [[0, 0, 102, 128, 153, 255, 255]])
+    # pydicom's y_min and y_max for signed 16 bits after the rescale
+    np.testing.assert_array_equal(gray(data), pydicom_gray(data, -32768 * 2 - 1000, 32767 * 2 - 1000))
+
+
+def test_multi_valued_window_uses_the_first_view():
+    first = make_dicom(WINDOW_12, WindowCenter=[2048, 1000], WindowWidth=[1024, 500])
+    np.testing.assert_array_equal(gray(first), WINDOW_12_GRAY)
+    second = gray(make_dicom(WINDOW_12, WindowCenter=1000, WindowWidth=500))
+    assert not np.array_equal(gray(first), second)
+
+
+def voi_lut(descriptor, data) -> Sequence:
+    item = Dataset()
+    item.add_new(0x00283002, "US", descriptor)  # LUT Descriptor
+    item.add_new(0x00283006, "OW", np.asarray(data, dtype="<u2").tobytes())  # LUT Data, as scanners write it
+    return Sequence([item])
+
+
+def test_voi_lut_sequence_is_preferred_to_the_window_and_spans_its_own_entries():
+    # LUT of 4 entries from stored value 100 (declared 16 bits, entries up to 4000): below 100 the first entry, above
+    # 103 the last; its entries 0..4000 become 0..255: 1000 -> 63.75 -> 64, 3000 -> 191.25 -> 191
+    pixels = np.array([[50, 100, 101, 102, 103, 500]], dtype=np.uint16)
+    data = make_dicom(
+        pixels,
+        VOILUTSequence=voi_lut([4, 100, 16], [0, 1000, 3000, 4000]),
+        WindowCenter=2048,
+        WindowWidth=1024,
+        RescaleSlope=1,  # float modality values: the LUT is still indexed by whole numbers, without a warning
+        RescaleIntercept=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(gray(data), [[0, 0, 64, 191, 255, 255]])
+    with pytest.warns(UserWarning, match="VOI LUT on a float input"):  # pydicom's own path truncates: the same values
+        np.testing.assert_array_equal(gray(data), pydicom_gray(data, 0, 4000))
+
+
+def test_without_window_the_modality_values_are_windowed_like_a_16_bit_png():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4096, size=(24, 24), dtype=np.uint16)
+    data = make_dicom(values)
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buffer, format="PNG")
+    np.testing.assert_array_equal(gray(data), to_gray8(buffer.getvalue(), 24)[0])
+    np.testing.assert_array_equal(gray(data), robust_gray8(values))
+
+
+def test_random_windows_agree_with_pydicom():
+    rng = np.random.default_rng(1)
+    for function in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        for _ in range(5):
+            values = rng.integers(0, 4096, size=(8, 8), dtype=np.uint16)
+            centre, width = float(rng.uniform(500, 3500)), float(rng.uniform(2, 3000))
+            data = make_dicom(values, WindowCenter=centre, WindowWidth=width, VOILUTFunction=function)
+            np.testing.assert_array_equal(gray(data), pydicom_gray(data, 0, 4095))
+
+
+def test_decode_dicom_resizes_like_every_other_image_and_reports_the_size():
+    values = np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) * 16
+    data = make_dicom(values, WindowCenter=2048, WindowWidth=4096)
+    out, size = dicom.decode_dicom(data, 8, "x.dcm")
+    assert out.shape == (8, 8) and out.dtype == np.uint8 and size == (20, 12)
+    expected = Image.fromarray(gray(data)).resize((8, 8), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    np.testing.assert_array_equal(out, np.asarray(expected))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hostile files
+
+
+def compressed_without_decoder() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(WINDOW_12)))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8 not a real JPEG \xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def unknown_syntax() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(WINDOW_12)))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"  # a private UID, no transfer syntax pydicom knows
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def hostile_files() -> dict[str, tuple[bytes, str]]:
+    good = make_dicom(WINDOW_12, WindowCenter=2048, WindowWidth=1024)
+    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+    colour = make_dicom(rgb, bits_stored=8, bits_allocated=8, photometric="RGB", samples=3)
+    frames = make_dicom(np.zeros((2, 2, 4), dtype=np.uint16), NumberOfFrames=2)
+    return {
+        "text.dcm": (b"I am a PNG, honestly" * 20, r"not a DICOM file"),
+        "cut-pixels.dcm": (good[:-5], r"pixel data unreadable \(Explicit VR Little Endian; .*less than expected"),
+        "cut-header.dcm": (good[:200], r"no pixel data \(truncated, or not an image\)"),
+        "jpeg.dcm": (compressed_without_decoder(), r"compressed with JPEG Lossless.* no decoder for it is installed"),
+        "frames.dcm": (frames, r"2 frames; one radiograph per file"),
+        "private.dcm": (unknown_syntax(), r"invalid DICOM header \(ValueError: UID is not a transfer syntax"),
+        "colour.dcm": (colour, r"a colour image \(RGB, 3 samples per pixel\)"),
+        "narrow.dcm": (
+            make_dicom(WINDOW_12, WindowCenter=2048, WindowWidth=0),
+            r"modality or VOI attributes unusable \(ValueError: The \(0028,1051\) Window Width must be",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(hostile_files()))
+def test_hostile_files_are_one_clear_error_naming_the_file(tmp_path, name):
+    data, message = hostile_files()[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CxrError, match=rf"{name}: {message}"):
+        dicom.decode_dicom(dicom.read_file(path), 32, path)
+
+
+def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "huge.dcm"
+    path.write_bytes(b"\0" * 2048)
+    monkeypatch.setattr(dicom, "MAX_DICOM_BYTES", 1024)
+    with pytest.raises(CxrError, match=r"huge.dcm: 2,048 bytes, more than the 1,024 a radiograph needs: not read"):
+        dicom.read_file(path)
+    with pytest.raises(CxrError, match=r"absent.dcm: image not found"):
+        dicom.read_file(tmp_path / "absent.dcm")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A cache from a folder of DICOM files
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Five radiographs (16 wide, 8 high), one truncated, one listed outside the folder, and their labels and boxes."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "dicom"
+    (root / "sub").mkdir(parents=True)
+    files = {}
+    for i, (name, photometric) in enumerate(
+        [
+            ("a.dcm", "MONOCHROME2"),
+            ("sub/b.dcm", "MONOCHROME2"),
+            ("c.dcm", "MONOCHROME1"),
+            ("d.dcm", "MONOCHROME2"),
+            ("e.dcm", "MONOCHROME2"),
+        ]
+    ):
+        values = rng.integers(0, 4096, size=(8, 16), dtype=np.uint16)
+        files[name] = make_dicom(
+            values, photometric=photometric, PatientID=f"dicom-{i // 2}", WindowCenter=2048, WindowWidth=4096
+        )
+        (root / name).write_bytes(files[name])
+    (root / "broken.dcm").write_bytes(files["a.dcm"][:-7])
+    (tmp_path / "outside.dcm").write_bytes(files["a.dcm"])
+    labels = pd.DataFrame(
+        {
+            "file": ["a.dcm", "sub/b.dcm", "c.dcm", "d.dcm", "e.dcm", "broken.dcm", "../outside.dcm"],
+            "label": ["Pneumonia", "0", "1", "No Finding", "1", "1", "0"],
+            "patient": ["p1", "", "p2", "p2", "", "p3", "p4"],
+        }
+    )
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"file": ["a.dcm", "a.dcm", "d.dcm"], "x": [2, 14, 1], "y": [1, 6, 1], "w": [4, 4, 2], "h": [2, 4, 2]}
+    ).to_csv(tmp_path / "boxes.csv", index=False)
+    return root, files
+
+
+def test_a_folder_becomes_the_cache_format_with_skipped_files_listed(folder, tmp_path):
+    root, files = folder
+    out = tmp_path / "cache"
+    out.mkdir()
+    result = dicom.sample_from_dicom(
+        root, tmp_path / "labels.csv", tmp_path / "boxes.csv", out, image_size=32, max_skipped=0.5, show_progress=False
+    )
+    images, index = load_cache(out)
+    assert list(index.columns) == list(INDEX_COLUMNS) and list(index["row"]) == [0, 1, 2, 3, 4]
+    assert list(index["image"]) == ["a.dcm", "sub/b.dcm", "c.dcm", "d.dcm", "e.dcm"]
+    assert list(index["label"]) == [1, 0, 1, 0, 1] and list(index["labels"])[:2] == ["Pneumonia", "No Finding"]
+    # the labels' patient when given, else the DICOM PatientID
+    assert list(index["patient"]) == ["p1", "dicom-0", "p2", "p2", "dicom-2"]
+    assert set(index["width"]) == {16} and set(index["height"]) == {8}
+    for row, name in enumerate(index["image"]):
+        np.testing.assert_array_equal(images[row], dicom.decode_dicom(files[name], 32, name)[0])
+    # boxes in DICOM pixels scaled by 32/16 and 32/8; the second one clipped to the image; d.dcm is No Finding
+    assert json.loads(index["boxes"][0]) == [[4.0, 4.0, 8.0, 8.0], [28.0, 24.0, 4.0, 8.0]]
+    assert index["boxes"][1:].tolist() == ["[]"] * 4
+    assert (result.cache.boxes.kept, result.cache.boxes.clipped) == (1, 1)
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert list(rejects["image"]) == ["../outside.dcm", "broken.dcm"]
+    assert rejects["reason"][0] == f"outside {root}"
+    assert rejects["reason"][1].startswith("pixel data unreadable (Explicit VR Little Endian; ValueError")
+    metrics = result.metrics(32, root, tmp_path / "labels.csv")
+    assert metrics["source"] == "dicom" and metrics["listed"] == 7 and metrics["rejected"] == 2
+    assert metrics["cached"] == {"images": 5, "pneumonia": 3, "negative": 2, "patients": 4, "pneumonia_with_boxes": 1}
+
+
+def test_too_many_skipped_files_fail_naming_them(folder, tmp_path):
+    root, _ = folder
+    out = tmp_path / "cache"
+    out.mkdir()
+    with pytest.raises(
+        CxrError,
+        match=r"dicom: 2 of the 7 listed DICOM files cannot be cached \(28.6%; at most 1.0% may be skipped, "
+        r"--max-skipped\), e.g. broken.dcm: pixel data unreadable .*; \.\./outside.dcm: outside ",
+    ):
+        dicom.sample_from_dicom(root, tmp_path / "labels.csv", None, out, image_size=32, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.dcm,maybe\n", r"line 2: label 'maybe', expected 1, 0, Pneumonia or No Finding"),
+        ("file,label\na.dcm,1\na.dcm,0\n", r"a.dcm is listed twice"),
+        ("name,label\na.dcm,1\n", r"lacks column\(s\) file \(has name, label\)"),
+        ("file,label\n", r"no image listed"),
+    ],
+)
+def test_a_bad_labels_file_is_refused_naming_the_line(tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(CxrError, match=rf"labels.csv: {message}"):
+        dicom.read_labels(tmp_path / "labels.csv")

@@ -1,0 +1,46 @@
+"""DICOM files for the tests, written with pydicom (tests/data/test_dicom.py, tests/stages/test_explain_stage.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def make_dicom(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    bits_allocated: int = 16,
+    signed: bool = False,
+    photometric: str = "MONOCHROME2",
+    raw: np.ndarray | None = None,
+    samples: int = 1,
+    **attributes,
+) -> bytes:
+    """A DICOM Part 10 file of one grayscale frame; ``raw``: the stored words as given (garbage in high bits)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if samples > 1 else pixels.shape[-2:]
+    ds.SamplesPerPixel = samples
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    words = raw if raw is not None else pixels
+    dtype = {8: "u1", 16: "<i2" if signed else "<u2"}[bits_allocated]
+    ds.PixelData = np.ascontiguousarray(words).astype(dtype).tobytes()
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

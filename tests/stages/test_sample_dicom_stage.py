@@ -1,0 +1,61 @@
+"""``cxrexplain sample --from-dicom``: a folder of DICOM files becomes the cache that split (and so train, explain,
+report) reads; a failed run writes nothing."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxrexplain.data.sample import load_cache
+from dicomfiles import make_dicom
+from inprocess import cli
+
+PARAMS = {"seed": 0, "data": {"source": "dicom"}, "sample": {"image_size": 32}}
+
+
+def write_folder(root, patients: int = 20):
+    """Two images per patient (one Pneumonia, one No Finding), 12 × 10 pixels, and one truncated file."""
+    rng = np.random.default_rng(0)
+    (root / "dicom").mkdir()
+    rows = []
+    for p in range(patients):
+        for label in (0, 1):
+            name = f"p{p:02d}_{label}.dcm"
+            values = rng.integers(0, 4096, size=(10, 12), dtype=np.uint16)
+            (root / "dicom" / name).write_bytes(make_dicom(values, PatientID=f"patient-{p}"))
+            rows.append((name, label))
+    (root / "dicom" / "cut.dcm").write_bytes(make_dicom(values)[:-9])
+    rows.append(("cut.dcm", 1))
+    pd.DataFrame(rows, columns=["file", "label"]).to_csv(root / "labels.csv", index=False)
+
+
+def test_sample_from_dicom_then_split_reads_the_cache(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    write_folder(tmp_path)
+    args = ("sample", "--from-dicom", "dicom", "--labels", "labels.csv", "--no-progress")
+    refused = cli(*args, cwd=tmp_path)  # 1 of 41 files (2.4 %) is more than the 1 % skipped by default
+    message = " ".join(refused.stderr.split())  # rich wraps long lines
+    assert refused.returncode == 2 and "1 of the 41 listed DICOM files cannot be cached" in message
+    assert not (tmp_path / "data" / "cache").exists() and not (tmp_path / "metrics").exists()
+    done = cli(*args, "--max-skipped", "0.05", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 41 DICOM file(s) skipped" in " ".join(done.stderr.split())
+    images, index = load_cache(tmp_path / "data" / "cache")
+    assert images.shape == (40, 32, 32) and index["patient"].nunique() == 20
+    metrics = json.loads((tmp_path / "metrics" / "sample.json").read_text())
+    assert metrics["source"] == "dicom" and metrics["rejected"] == 1 and metrics["cached"]["images"] == 40
+    assert cli("split", cwd=tmp_path).returncode == 0
+    split = pd.read_csv(tmp_path / "data" / "split.csv")
+    assert len(split) == 40 and split.groupby("patient")["split"].nunique().max() == 1
+    # data.source: dicom has nothing to download, and the NIH sample stage would replace the cache: both refuse
+    for command in ("download", "sample"):
+        refused = cli(command, cwd=tmp_path)
+        message = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "cxrexplain sample --from-dicom DIR --labels CSV" in message
+    assert cli("split", cwd=tmp_path).returncode == 0 and len(load_cache(tmp_path / "data" / "cache")[1]) == 40
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "data": {"source": "nih"}}))
+    nih = cli(*args, cwd=tmp_path)
+    assert nih.returncode == 2 and "params.yaml says data.source: nih; set it to dicom" in " ".join(nih.stderr.split())
+    wrong = cli("sample", "--labels", "labels.csv", cwd=tmp_path)
+    assert wrong.returncode == 2 and "give their folder with --from-dicom" in " ".join(wrong.stderr.split())
