@@ -210,11 +210,14 @@ def view(
     import getpass
     import webbrowser
 
+    import torch
+
     from cxrexplain.config import require_arch, require_seed
     from cxrexplain.viewer.data import load_run
     from cxrexplain.viewer.server import Session, make_server
     from cxrexplain.workspace import Workspace
 
+    torch.set_num_threads(1)  # one small map per request: more threads only wait for each other on a busy CPU
     params = load_params(path)
     arch = arch or params.model.archs[0]
     require_arch(arch, "view")

@@ -35,6 +35,9 @@ from cxrexplain.workspace import stage_name
 if TYPE_CHECKING:
     from cxrexplain.workspace import Workspace
 
+SHOWN = ("pointing", "energy", "iou", "deletion", "insertion", "road_morf", "sparseness")
+"""The measures written under each map (every measure is in the page's sort list and in the map's tooltip)."""
+
 
 @dataclass
 class ViewerRun:
@@ -63,7 +66,7 @@ class ViewerRun:
         from PIL import Image
 
         buffer = io.BytesIO()
-        Image.fromarray(np.asarray(self.cache[self.rows[item]])).save(buffer, format="PNG")
+        Image.fromarray(np.asarray(self.cache[self.rows[item]])).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
     def map_at_cache_size(self, method: str, item: int) -> np.ndarray:
@@ -82,7 +85,7 @@ class ViewerRun:
 
         rgb = matplotlib.colormaps["jet"](self.map_at_cache_size(method, item))[..., :3]
         buffer = io.BytesIO()
-        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
 
@@ -98,15 +101,14 @@ def _measures(per_image: pd.DataFrame, methods: list[str]) -> tuple[list[dict], 
     """The measure columns with a value, and per image name and method each measure's value (a map's localisation
     and faithfulness values may sit on two rows of ``per_image.csv``, one per explained class: the first value)."""
     present = [c for c in columns() if c.name in per_image.columns and per_image[c.name].notna().any()]
+    names = [c.name for c in present]
+    rows = per_image[per_image["method"].isin(methods)]
+    first = rows.groupby(["image", "method"])[names].first()  # the first value that is not NaN, per column
     values: dict[str, dict[str, dict]] = {}
-    for (image, method), rows in per_image[per_image["method"].isin(methods)].groupby(["image", "method"]):
-        entry = {}
-        for c in present:
-            found = rows[c.name].dropna()
-            if len(found):
-                entry[c.name] = float(found.iloc[0])
-        values.setdefault(str(image), {})[str(method)] = entry
-    return [{"name": c.name, "label": c.label, "better": c.better} for c in present], values
+    for (image, method), entry in zip(first.index, first.to_dict("records"), strict=True):
+        values.setdefault(str(image), {})[str(method)] = {k: v for k, v in entry.items() if not math.isnan(v)}
+    listed = [{"name": c.name, "label": c.label, "better": c.better, "shown": c.name in SHOWN} for c in present]
+    return listed, values
 
 
 def load_run(ws: Workspace, arch: str, seed: int) -> ViewerRun:
@@ -132,9 +134,10 @@ def load_run(ws: Workspace, arch: str, seed: int) -> ViewerRun:
         )
     methods = list(maps.raw)
     measures, values = _measures(pd.read_csv(explain.per_image), methods)
-    labels = np.array([int(predictions.loc[i, "label"]) for i in maps.images])
-    probability = np.array([float(predictions.loc[i, "probability"]) for i in maps.images])
+    labels = predictions.loc[maps.images, "label"].to_numpy().astype(int)
+    probability = predictions.loc[maps.images, "probability"].to_numpy().astype(float)
     outcome = outcomes(labels, (probability > threshold).astype(int))
+    boxes = by_image.loc[maps.images, "boxes"].to_numpy()
     items = [
         {
             "image": image,
@@ -142,12 +145,12 @@ def load_run(ws: Workspace, arch: str, seed: int) -> ViewerRun:
             "label": int(labels[k]),
             "probability": float(probability[k]),
             "outcome": str(outcome[k]),
-            "boxes": parse_boxes(by_image.loc[image, "boxes"]),
+            "boxes": parse_boxes(boxes[k]),
             "measures": {m: {n: _number(v) for n, v in e.items()} for m, e in values.get(image, {}).items()},
         }
         for k, image in enumerate(maps.images)
     ]
-    rows = np.array([int(by_image.loc[i, "row"]) for i in maps.images])
+    rows = by_image.loc[maps.images, "row"].to_numpy().astype(int)
     return ViewerRun(arch, seed, threshold, methods, items, measures, cache, rows, maps.raw)
 
 
@@ -160,4 +163,4 @@ def blinded_order(reader: str, items: int, methods: int) -> tuple[list[int], lis
     return order, [rng.permutation(methods).tolist() for _ in range(items)]
 
 
-__all__ = ["ViewerRun", "blinded_order", "load_run"]
+__all__ = ["SHOWN", "ViewerRun", "blinded_order", "load_run"]

@@ -91,6 +91,7 @@ class Session:
             "arch": r.arch,
             "seed": r.seed,
             "reader": self.reader,
+            "file": str(self.file),
             "blinded": self.blinded,
             "threshold": r.threshold,
             "side": r.side,
