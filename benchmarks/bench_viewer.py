@@ -157,7 +157,7 @@ def main() -> None:
                 if browser:
                     cells += in_browser(url, n)
             table.add_row(str(n), *(f"{v:.0f}" for v in cells))
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":
