@@ -20,7 +20,10 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import ratings as rt
 from cxrexplain.viewer.data import blinded_order, load_run
 from cxrexplain.viewer.server import Session, serving
+from inprocess import cli
 from viewer_workspace import ARCH, IMAGES, METHODS, SEED, SIDE, make_workspace, raw_maps
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"  # the demo profile: resnet18 and seeds 42, 43, 44
 
 
 @pytest.fixture
@@ -157,3 +160,16 @@ def test_a_bad_ratings_file_or_reader_stops_the_viewer(ws) -> None:
     pd.DataFrame({"reader": ["cy"], "image": ["a.png"]}).to_csv(bad, index=False)
     with pytest.raises(CxrError, match=r"cy\.csv: columns"):
         Session(run, "cy", bad, blinded=False)
+
+
+def test_view_command_checks_before_serving(ws) -> None:
+    """Errors a user can cause end `cxrexplain view` with one line (exit 2) before any server starts."""
+    bad_reader = cli("view", "--params", str(PARAMS_FILE), "--reader", "../x", "--no-browser", cwd=ws.root)
+    assert bad_reader.returncode == 2 and "reader id '../x'" in bad_reader.stderr
+    assert "Traceback" not in bad_reader.stderr
+    not_explained = cli("view", "--params", str(PARAMS_FILE), "--arch", "densenet121", "--reader", "a", cwd=ws.root)
+    assert not_explained.returncode == 2 and "dvc repro explain@densenet121-42" in " ".join(
+        not_explained.stderr.split()
+    )
+    unknown_seed = cli("view", "--params", str(PARAMS_FILE), "--seed", "7", "--reader", "a", cwd=ws.root)
+    assert unknown_seed.returncode == 2 and "seed 7 is not one of the training seeds" in unknown_seed.stderr

@@ -213,17 +213,17 @@ def view(
     import torch
 
     from cxrexplain.config import require_arch, require_seed
+    from cxrexplain.evaluation.ratings import check_reader
     from cxrexplain.viewer.data import load_run
     from cxrexplain.viewer.server import Session, make_server
     from cxrexplain.workspace import Workspace
 
-    torch.set_num_threads(1)  # one small map per request: more threads only wait for each other on a busy CPU
     params = load_params(path)
     arch = arch or params.model.archs[0]
     require_arch(arch, "view")
     seed = require_seed(params, seed, "view")
     ws = Workspace()
-    reader = reader or getpass.getuser()
+    reader = check_reader(reader or getpass.getuser())
     session = Session(load_run(ws, arch, seed), reader, ws.ratings.reader(reader), blinded=blind)
     server = make_server(session, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -234,6 +234,7 @@ def view(
     )
     if browser:
         webbrowser.open(url)
+    torch.set_num_threads(1)  # one small map per request: more threads only wait for each other on a busy CPU
     try:
         server.serve_forever()
     except KeyboardInterrupt:

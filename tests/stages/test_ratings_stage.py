@@ -17,6 +17,7 @@ from cxrexplain.evaluation.report import ratings_section
 from cxrexplain.stages import ratings
 from cxrexplain.viewer.data import load_run
 from cxrexplain.viewer.server import Session
+from inprocess import cli
 from viewer_workspace import ARCH, IMAGES, METHODS, SEED, make_workspace
 
 PARAMS = validate({"explain": {"bootstrap": 50}})
@@ -66,6 +67,11 @@ def test_two_readers_ratings_summarised_and_reported(tmp_path) -> None:
     bo = [given[("bo", i[0], m)] for i in IMAGES for m in METHODS]
     inter = model["inter_reader"]
     assert inter["maps"] == len(ann) and inter["kappa"] == pytest.approx(cohen_kappa_score(ann, bo))
+
+    params = tmp_path / "params.yaml"  # `cxrexplain ratings`, as DVC runs it, writes the same summary
+    params.write_text("seed: 42\nexplain:\n  bootstrap: 50\n")
+    assert cli("ratings", cwd=tmp_path).returncode == 0
+    assert json.loads(ws.ratings_metrics.read_text()) == json.loads(json.dumps(summary))
 
     doc = Document("r")
     ratings_section(doc, summary)
