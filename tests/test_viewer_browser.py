@@ -112,6 +112,8 @@ def test_rate_three_images_reload_and_find_them(tmp_path: Path, browser) -> None
         Select(browser.find_element(By.ID, "f-method")).select_by_value("layercam")
         assert len(css(By.CSS_SELECTOR, ".thumb")) == len(IMAGES) - 1  # image 1's layercam map is rated
         assert len(css(By.CSS_SELECTOR, "#maps tr")) == 1
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors  # no script error, no failed request
 
     table = rt.read_reader(file)
     assert table[["image", "method", "rating", "artefact", "note"]].values.tolist() == [
