@@ -131,6 +131,25 @@ def test_rating_is_on_disk_when_answered_and_survives_a_restart(ws) -> None:
     assert rt.read_reader(file)["image"].tolist() == [IMAGES[1][0]]
 
 
+def test_two_viewers_of_one_reader_keep_each_others_ratings(ws) -> None:
+    """Two sessions (two `cxrexplain view` of the same reader, e.g. two models) on one file: each change re-reads it."""
+    file = ws.ratings.reader("ann")
+    run = load_run(ws, ARCH, SEED)
+    first, second = (Session(run, "ann", file, blinded=False) for _ in range(2))
+    first.rate({"item": 0, "slot": 0, "rating": "on"})
+    second.rate({"item": 1, "slot": 1, "rating": "off"})
+    first.rate({"item": 2, "slot": 0, "rating": "partly"})
+    assert sorted(rt.read_reader(file)["rating"]) == ["off", "on", "partly"]
+    assert second.ratings()["2"] == {"0": {"rating": "partly", "artefact": "", "note": ""}}
+    file.write_text("not,a\nratings,file\n")  # broken by hand while the viewer runs: said, not served as empty
+    with serving(first) as url:
+        status, body = _get(url + "api/state")
+        assert status == 500 and b"ann.csv: columns" in body
+        status, answer = _post(url, {"item": 0, "slot": 0, "rating": "on"})
+        assert status == 400 and "ann.csv: columns" in answer["error"]
+    assert file.read_text() == "not,a\nratings,file\n"
+
+
 def test_blinded_reading_hides_the_methods(ws) -> None:
     run = load_run(ws, ARCH, SEED)
     file = ws.ratings.reader("bo")

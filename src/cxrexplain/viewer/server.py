@@ -9,7 +9,9 @@ A :class:`~http.server.ThreadingHTTPServer` bound to 127.0.0.1 (never another in
   request (the page loads them lazily, so a few hundred images cost nothing until seen);
 - ``POST /api/rate`` (JSON ``{item, slot, rating, artefact, note}``; an empty rating removes the rating): checked
   (:func:`cxrexplain.evaluation.ratings.check_rating`), then the reader's whole CSV is rewritten atomically before the
-  answer, so a rating the page shows as saved is on disk, and a reload, a crash or a restart loses nothing.
+  answer, so a rating the page shows as saved is on disk, and a reload, a crash or a restart loses nothing. The file
+  is read back under an exclusive lock on the ratings folder before each change and each answer with ratings, so two
+  viewers of the same reader (two models, two processes) never write over each other's ratings.
 
 A *slot* is the position of a map under its image. Unblinded, slot ``k`` is method ``k`` and the page names it.
 Blinded (``blinded=True``), the page never learns the method names: the items come in the reader's own random order
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -34,9 +37,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
+
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import ratings as rt
 from cxrexplain.viewer.data import ViewerRun, blinded_order
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: one viewer per reader at a time there
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +65,35 @@ class Session:
         self.table = rt.read_reader(self.file)  # checked before the server starts: a bad file stops `view`
         self.lock = threading.Lock()
 
+    @contextmanager
+    def _file_locked(self) -> Iterator[pd.DataFrame]:
+        """This session's lock and an exclusive lock on the ratings folder (``flock`` on the folder itself: no lock
+        file is left there), then the reader's ratings as they are on disk now: another viewer of the same reader
+        (another model, in another process) may have written since. Yields that table."""
+        with self.lock:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(self.file.parent, os.O_RDONLY)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(folder, fcntl.LOCK_EX)
+                self.table = rt.read_reader(self.file)
+                yield self.table
+            finally:
+                os.close(folder)  # releases the flock
+
     def method(self, item: int, slot: int) -> str:
         return self.run.methods[self.slots[item][slot]]
 
     def _mine(self) -> dict[tuple[str, str], dict]:
-        t = self.table
-        t = t[(t["arch"] == self.run.arch) & (t["seed"] == self.run.seed)]
+        with self._file_locked() as t:
+            t = t[(t["arch"] == self.run.arch) & (t["seed"] == self.run.seed)]
         return {
             (r.image, r.method): {"rating": r.rating, "artefact": r.artefact, "note": r.note} for r in t.itertuples()
         }
 
     def ratings(self) -> dict[str, dict[str, dict]]:
         """This model's ratings by the reader: item → slot → ``{rating, artefact, note}`` (as strings, for JSON)."""
-        with self.lock:
-            mine = self._mine()
+        mine = self._mine()
         out: dict[str, dict[str, dict]] = {}
         for item, entry in enumerate(self.run.items):
             for slot in range(len(self.run.methods)):
@@ -127,8 +152,8 @@ class Session:
             "blinded": str(self.blinded),
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        with self.lock:
-            table = rt.upsert(self.table, row) if rating else rt.remove(self.table, key)
+        with self._file_locked() as table:
+            table = rt.upsert(table, row) if rating else rt.remove(table, key)
             rt.write_reader(self.file, table)  # on disk before the page hears "saved"
             self.table = table
         return {"item": item, "slot": slot, "rating": rating, "artefact": artefact, "note": note, "time": row["time"]}
@@ -170,10 +195,13 @@ class Handler(BaseHTTPRequestHandler):
         s, path = self.session, self.path.split("?")[0]
         if path in ("/", "/index.html"):
             return self._send(HTTPStatus.OK, page(), "text/html; charset=utf-8")
-        if path == "/api/state":
-            return self._json(s.state())
-        if path == "/api/ratings":
-            return self._json(s.ratings())
+        try:
+            if path == "/api/state":
+                return self._json(s.state())
+            if path == "/api/ratings":
+                return self._json(s.ratings())
+        except CxrError as error:  # the reader's file was broken by hand while the viewer ran
+            return self._json({"error": str(error)}, HTTPStatus.INTERNAL_SERVER_ERROR)
         if (m := _IMAGE.fullmatch(path)) and int(m[1]) < len(s.run.items):
             return self._send(HTTPStatus.OK, s.run.radiograph_png(int(m[1])), "image/png", cache=True)
         if (m := _MAP.fullmatch(path)) and int(m[1]) < len(s.run.items) and int(m[2]) < len(s.run.methods):
