@@ -132,6 +132,7 @@ def test_a_reader_file_round_trips(tmp_path: Path) -> None:
         ({"artefact": "ribs"}, "only 'artefact' takes one"),
         ({"reader": "bo"}, "reader 'bo' in the file of reader 'ann'"),
         ({"seed": "x"}, "seed 'x'"),
+        ({"seed": "²"}, "seed '²'"),
         ({"blinded": "maybe"}, "blinded"),
     ],
 )

@@ -124,15 +124,26 @@ def read_reader(path: Path) -> pd.DataFrame:
     if tuple(table.columns) != COLUMNS:
         raise CxrError(f"{path}: columns {list(table.columns)}, expected {list(COLUMNS)}")
     reader = check_reader(path.stem)
-    for number, row in enumerate(table.itertuples(index=False), start=2):
-        where = f"{path}, line {number}"
+    bad = (
+        (table["reader"] != reader)
+        | ~table["seed"].str.fullmatch(r"[0-9]{1,10}")
+        | ~table["blinded"].isin(["True", "False"])
+        | ~table["rating"].isin(list(RATINGS))
+        | ((table["rating"] == "artefact") & ~table["artefact"].isin(list(ARTEFACTS)))
+        | ((table["rating"] != "artefact") & (table["artefact"] != ""))
+        | (table["note"].str.len() > MAX_NOTE)
+    ).to_numpy(dtype=bool)
+    for number in np.flatnonzero(bad)[:1]:  # the first bad row, checked one value at a time to say what is wrong
+        row = table.iloc[number]
+        where = f"{path}, line {number + 2}"
         if row.reader != reader:
             raise CxrError(f"{where}: reader {row.reader!r} in the file of reader {reader!r}")
-        if not row.seed.isdigit():
+        if not re.fullmatch(r"[0-9]{1,10}", row.seed):
             raise CxrError(f"{where}: seed {row.seed!r} is not a training seed (a whole number)")
         if row.blinded not in ("True", "False"):
             raise CxrError(f"{where}: blinded must be True or False, got {row.blinded!r}")
         check_rating(row.rating, row.artefact, row.note, where=where)
+        raise CxrError(f"{where}: not a valid rating")  # not reached: every check of `bad` is repeated above
     table["seed"] = table["seed"].astype("int64")
     duplicated = table.duplicated(list(KEY))
     if duplicated.any():
