@@ -723,7 +723,7 @@ def ratings_section(doc: Document, ratings: Mapping | None) -> None:
             "Inter-reader agreement over the four categories, on the maps every reader of a model rated: "
             + "; ".join(
                 f"{name}: {a['statistic']} {_num(a['kappa'])} on {a['maps']} maps of {a['readers']} readers "
-                f"(all agree on {_num(a['agreement'])})"
+                f"(the same rating from every reader on a share {_num(a['agreement'])} of them)"
                 for name, a in agreeing
             )
             + "."
