@@ -43,7 +43,7 @@ def test_rate_three_images_reload_and_find_them(tmp_path: Path, browser) -> None
 
     ws = make_workspace(tmp_path)
     file = ws.ratings.reader("dee")
-    wait = WebDriverWait(browser, 10)
+    wait = WebDriverWait(browser, 10, poll_frequency=0.05)
     css = browser.find_elements
 
     def opened(url: str) -> None:
