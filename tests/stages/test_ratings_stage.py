@@ -39,14 +39,19 @@ def test_two_readers_ratings_summarised_and_reported(tmp_path) -> None:
     run = load_run(ws, ARCH, SEED)
     rng = np.random.default_rng(0)
     given = {}
-    for reader in ("ann", "bo"):
+    for reader in ("ann", "bo"):  # bo reads blinded; the viewer's first rating, then the rest of the file at once
         session = Session(run, reader, ws.ratings.reader(reader), blinded=reader == "bo")
+        session.rate({"item": 0, "slot": 0, "rating": "on"})
+        table = rt.read_reader(session.file)
         for item in range(len(IMAGES)):
             for slot in range(len(METHODS)):
-                rating = str(rng.choice(list(rt.RATINGS)))
+                rating = "on" if (item, slot) == (0, 0) else str(rng.choice(list(rt.RATINGS)))
                 artefact = "ribs" if rating == "artefact" else ""
-                session.rate({"item": item, "slot": slot, "rating": rating, "artefact": artefact})
-                given[(reader, IMAGES[item][0], session.method(item, slot))] = rating
+                method = session.method(item, slot)
+                row = table.iloc[0].to_dict() | {"image": IMAGES[item][0], "method": method}
+                table = rt.upsert(table, row | {"rating": rating, "artefact": artefact})
+                given[(reader, IMAGES[item][0], method)] = rating
+        rt.write_reader(session.file, table)
     summary = ratings.run(PARAMS, ws=ws)
     assert summary["readers"] == ["ann", "bo"] and summary["ratings"] == 2 * len(IMAGES) * len(METHODS)
     model = summary["models"][f"{ARCH}/seed{SEED}"]
