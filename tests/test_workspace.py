@@ -56,6 +56,8 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
         ws.leakage.split,
         ws.leakage.model.predictions,
         ws.stage_metrics("leakage"),
+        ws.ratings.dir,  # ratings: the readers' files
+        ws.ratings_metrics,
         ws.report.markdown,
         ws.report.html,
         ws.report.metrics,
@@ -82,6 +84,8 @@ def test_root_moves_every_path(tmp_path: Path) -> None:
     assert ws.stage_metrics("explain", "x", 7) == tmp_path / "metrics" / "explain" / "x" / "seed7.json"
     assert ws.explain("x", 7).gallery("gradcam") == tmp_path / "explain" / "x" / "seed7" / "gallery_gradcam.png"
     assert ws.model("x", 7).best == tmp_path / "models" / "x" / "seed7" / "best.ckpt"
+    assert ws.ratings.reader("ann") == tmp_path / "ratings" / "ann.csv"
+    assert ws.ratings_metrics == tmp_path / "metrics" / "ratings.json"
     with pytest.raises(TypeError, match="needs the training seed"):
         ws.stage_metrics("train", "x")
 

@@ -1,5 +1,5 @@
 """The ``cxrexplain`` command: one sub-command per pipeline stage, plus user tools (params, synth, explain-image,
-compare).
+compare, view).
 
 DVC calls the stage commands (see dvc.yaml); a person can call them too. Errors a user can cause print one clear
 message, without a traceback, and exit with status 2.
@@ -208,6 +208,65 @@ def report(
         stage.log_only(load_params(path))
     else:
         stage.run(load_params(path))
+
+
+@app.command()
+def ratings(path: ParamsOption = PARAMS_FILE) -> None:
+    """Stage ratings: the readers' ratings of the maps (ratings/*.csv) as a reader study (metrics/ratings.json)."""
+    from cxrexplain.stages import ratings as stage
+
+    stage.run(load_params(path))
+
+
+@app.command()
+def view(
+    arch: Annotated[str | None, typer.Option(help="a backbone of model.archs [default: the first]")] = None,
+    seed: SeedOption = None,
+    reader: Annotated[
+        str | None, typer.Option(help="your reader id: ratings go to ratings/<reader>.csv [default: your login name]")
+    ] = None,
+    blind: Annotated[
+        bool, typer.Option("--blind", help="blinded reading: method names hidden, images and maps in your own order")
+    ] = False,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8765,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="open the page in a browser")] = True,
+    path: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Browse and rate one model's explanations in a browser (a local server on 127.0.0.1; Ctrl-C stops it)."""
+    import getpass
+    import webbrowser
+
+    import torch
+
+    from cxrexplain.config import require_arch, require_seed
+    from cxrexplain.evaluation.ratings import check_reader
+    from cxrexplain.viewer.data import load_run
+    from cxrexplain.viewer.server import Session, make_server
+    from cxrexplain.workspace import Workspace
+
+    params = load_params(path)
+    arch = arch or params.model.archs[0]
+    require_arch(arch, "view")
+    seed = require_seed(params, seed, "view")
+    ws = Workspace()
+    reader = check_reader(reader or getpass.getuser())
+    session = Session(load_run(ws, arch, seed), reader, ws.ratings.reader(reader), blinded=blind)
+    server = make_server(session, port)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    typer.echo(
+        f"viewer of {arch} seed {seed}: {len(session.run.items)} images, {len(session.run.methods)} maps each; "
+        f"reader {reader!r}{' (blinded)' if blind else ''}, ratings saved to {session.file} as you give them.\n"
+        f"open {url}  (Ctrl-C stops the viewer)"
+    )
+    if browser:
+        webbrowser.open(url)
+    torch.set_num_threads(1)  # one small map per request: more threads only wait for each other on a busy CPU
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("viewer stopped")
+    finally:
+        server.server_close()
 
 
 @app.command()

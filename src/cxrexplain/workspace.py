@@ -16,8 +16,10 @@ Layout, relative to the repository root (``Workspace(root)`` moves all of it, as
                                (explain@<arch>-<s>)
     consistency/consistency.csv (consistency)
     leakage/                   split.csv (the other split protocol), model/ (as models/<arch>/seed<s>/) (leakage)
+    ratings/                   README.md, <reader>.csv: the readers' ratings of the maps (``cxrexplain view``; in git,
+                               never a stage's output: the ratings stage reads them)
     metrics/                   sample.json, split.json, train/<arch>/seed<s>.json, explain/<arch>/seed<s>.json,
-                               leakage.json, explain/consistency.json
+                               leakage.json, explain/consistency.json, ratings.json (ratings)
 
 ``<s>`` is a training seed (``params.seeds``): every architecture is trained and explained once per seed, and DVC
 names those stages ``train@<arch>-<s>`` and ``explain@<arch>-<s>`` (:func:`stage_name`).
@@ -135,6 +137,23 @@ class LeakageFiles(_Folder):
 
 
 @dataclass(frozen=True)
+class RatingsFiles(_Folder):
+    """``ratings/``: one CSV per reader, written by ``cxrexplain view``, read by stage ``ratings``. The folder always
+    exists (its ``README.md`` is in git), so that DVC can depend on it before anyone has rated anything."""
+
+    FILES: ClassVar[dict[str, str]] = {"readme": "README.md"}
+    readme: Path = field(init=False)
+
+    def reader(self, reader: str) -> Path:
+        """``ratings/<reader>.csv`` (the reader id is checked by :func:`cxrexplain.evaluation.ratings.check_reader`)."""
+        return self.dir / f"{reader}.csv"
+
+    def readers(self) -> list[Path]:
+        """Every reader's CSV, sorted by name (never the ``.<name>.<random>.part`` temporaries of a write)."""
+        return sorted(p for p in self.dir.glob("*.csv") if not p.name.startswith("."))
+
+
+@dataclass(frozen=True)
 class ReportFiles(_Folder):
     """``reports/``: the document, its figures, its metrics and DVC's plot data (stage ``report``)."""
 
@@ -218,6 +237,16 @@ class Workspace:
     def report(self) -> ReportFiles:
         return ReportFiles(self.root / "reports")
 
+    # ----------------------------------------------------------------------------------------------------- ratings
+    @property
+    def ratings(self) -> RatingsFiles:
+        return RatingsFiles(self.root / "ratings")
+
+    @property
+    def ratings_metrics(self) -> Path:
+        """``metrics/ratings.json``: the ratings stage's summary (the report's reader-study section)."""
+        return self.metrics / "ratings.json"
+
     # ---------------------------------------------------------------------------------------------------- checking
     @staticmethod
     def require(paths: Iterable[Path], *, needed_by: str, made_by: str) -> None:
@@ -253,4 +282,13 @@ class Workspace:
             yield tmp
 
 
-__all__ = ["CacheFiles", "ExplainFiles", "LeakageFiles", "ModelFiles", "ReportFiles", "Workspace", "stage_name"]
+__all__ = [
+    "CacheFiles",
+    "ExplainFiles",
+    "LeakageFiles",
+    "ModelFiles",
+    "RatingsFiles",
+    "ReportFiles",
+    "Workspace",
+    "stage_name",
+]

@@ -24,6 +24,8 @@ from cxrexplain.config import validate
 from cxrexplain.data.split import leakage_audit
 from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import figures
+from cxrexplain.evaluation import ratings as rt
+from cxrexplain.io import write_json
 from cxrexplain.stages import report
 from cxrexplain.workspace import Workspace
 from inprocess import cli
@@ -131,6 +133,16 @@ def write_inputs(ws: Workspace, archs: tuple[str, ...] = ARCHS, seeds: tuple[int
     pairs = [{"archs": [a, b], "methods": consistency} for k, a in enumerate(archs) for b in archs[k + 1 :]]
     ws.consistency_metrics.write_text(json.dumps({"images": 12, "tie_orders": 2, "archs": list(archs), "pairs": pairs}))
     write_leakage(ws, frame, archs[0])
+    # the ratings stage's reader study: one reader's two ratings of the primary seed's Grad-CAM maps
+    rated = pd.DataFrame(
+        [
+            {c: "" for c in rt.COLUMNS}
+            | {"reader": "ann", "arch": archs[0], "seed": seeds[0], "image": image, "method": "gradcam"}
+            | {"rating": rating, "blinded": "False"}
+            for image, rating in zip(frame["image"][-2:], ("off", "on"), strict=True)
+        ]
+    )
+    write_json(ws.ratings_metrics, rt.summarise(rated, frame, {}, n=50, seed=0))
 
 
 def write_leakage(ws: Workspace, frame: pd.DataFrame, arch: str) -> None:
@@ -199,6 +211,7 @@ def test_report_writes_every_output_and_links_only_figures_that_are_there(made):
     assert len(links) == 11 and all((out.dir / link).is_file() for link in links)
     assert "| pointing | saliency | 12 | +0.100 (+0.000 to +0.200) | McNemar 0.040 (0.080) |" in markdown
     assert "### Consistency across architectures" in markdown
+    assert f"| {ARCHS[0]}/seed42 | gradcam | 2 (1) | 1.00 (1.00-1.00, n=1) | 1.00 (1.00-1.00, n=1) |" in markdown
     # the leakage audit: every test image of the image-level split leaked (20 patients), so no "other" images
     audit = metrics["leakage"]
     assert (audit["arch"], audit["leaked_patients"], audit["leaked_test_images"]) == ("resnet50", 20, 20)

@@ -14,6 +14,7 @@ identical it skips this stage (its outputs are committed), which left the clone'
 
 from __future__ import annotations
 
+import json
 import logging
 
 from cxrexplain import tracking
@@ -48,6 +49,7 @@ def run(
         consistency=found.consistency,
         seed_runs=found.seeds,
         leakage=found.leakage,
+        ratings=json.loads(ws.ratings_metrics.read_text()) if ws.ratings_metrics.exists() else None,
     )
     report.log_runs(refs, params, ws.report, metrics, made, tables=report.primary_tables(ws, archs, seeds))
     log.info("report written to %s (report.md, report.html, metrics.json)", ws.report.dir)

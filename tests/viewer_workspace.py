@@ -1,0 +1,116 @@
+"""A tiny workspace with what the viewer and the ratings stage read of one trained model, written in the formats the
+sample, train and explain stages write (cache index and array, predictions.csv, maps.npz as explain/pipeline.py
+``save`` writes it, per_image.csv, the explain metrics' threshold): eight 32-px images, two CAM methods with 2×2 raw
+maps, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrexplain.workspace import Workspace
+
+ARCH, SEED = "resnet18", 42
+METHODS = ("gradcam", "layercam")
+SIDE = 32
+# image, patient, label, probability, boxes (cache pixels)
+IMAGES = [
+    ("00000001_000.png", "1", 1, 0.90, [[4.0, 6.0, 10.0, 8.0]]),  # TP, box
+    ("00000001_001.png", "1", 1, 0.30, [[16.0, 16.0, 8.0, 8.0]]),  # FN, box
+    ("00000002_000.png", "2", 0, 0.70, []),  # FP
+    ("00000003_000.png", "3", 0, 0.10, []),  # TN
+    ("00000004_000.png", "4", 1, 0.95, [[2.0, 2.0, 12.0, 12.0]]),  # TP, box
+    ("00000005_000.png", "5", 0, 0.20, []),  # TN
+    ("00000006_000.png", "6", 1, 0.60, []),  # TP, no box
+    ("00000007_000.png", "7", 0, 0.40, []),  # TN
+]
+THRESHOLD = 0.5
+
+
+def raw_maps(method: str) -> np.ndarray:
+    """(8, 2, 2) float32 raw maps, different per image and method."""
+    rng = np.random.default_rng(sum(map(ord, method)))
+    return rng.random((len(IMAGES), 2, 2), dtype=np.float32)
+
+
+def make_workspace(root: Path) -> Workspace:
+    ws = Workspace(root)
+    rng = np.random.default_rng(0)
+    cache = ws.cache
+    cache.dir.mkdir(parents=True)
+    np.save(cache.images, rng.integers(0, 256, (len(IMAGES) + 2, SIDE, SIDE), dtype=np.uint8))
+    index = pd.DataFrame(
+        {
+            "row": range(len(IMAGES) + 2),
+            "image": [i[0] for i in IMAGES] + ["00000099_000.png", "00000099_001.png"],  # two train images
+            "patient": [i[1] for i in IMAGES] + ["99", "99"],
+            "label": [i[2] for i in IMAGES] + [0, 1],
+            "boxes": [json.dumps(i[4]) if i[4] else "[]" for i in IMAGES] + ["[]", "[]"],
+        }
+    )
+    index.to_csv(cache.index, index=False)
+    pd.DataFrame({"row": []}).to_csv(cache.rejects, index=False)
+    model = ws.model(ARCH, SEED)
+    model.dir.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "split": ["test"] * len(IMAGES) + ["train", "train"],
+            "image": index["image"],
+            "patient": index["patient"],
+            "label": index["label"],
+            "probability": [i[3] for i in IMAGES] + [0.1, 0.9],
+        }
+    ).to_csv(model.predictions, index=False)
+    explain = ws.explain(ARCH, SEED)
+    explain.dir.mkdir(parents=True)
+    np.savez_compressed(
+        explain.maps,
+        images=np.array([i[0] for i in IMAGES]),
+        explained_class=np.ones(len(IMAGES), dtype=np.int64),
+        patients=np.array([i[1] for i in IMAGES]),
+        **{f"raw/{m}": raw_maps(m) for m in METHODS},
+    )
+    rows = []
+    for method in METHODS:
+        for k, (image, patient, label, p, boxes) in enumerate(IMAGES):
+            if boxes:  # the localisation rows: class-1 maps of the boxed images
+                rows.append(
+                    {
+                        "method": method,
+                        "index": k,
+                        "image": image,
+                        "explained_class": 1,
+                        "patient": patient,
+                        "label": label,
+                        "probability": p,
+                        "has_box": True,
+                        "pointing": float((k + len(method)) % 2),
+                        "energy": 0.1 * (k + 1),
+                        "deletion": np.nan,
+                    }
+                )
+        rows.append(  # one faithfulness row of a No Finding decision map
+            {
+                "method": method,
+                "index": 3,
+                "image": IMAGES[3][0],
+                "explained_class": 0,
+                "patient": IMAGES[3][1],
+                "label": 0,
+                "probability": IMAGES[3][3],
+                "has_box": False,
+                "pointing": np.nan,
+                "energy": np.nan,
+                "deletion": 0.25 if method == "gradcam" else 0.5,
+            }
+        )
+    pd.DataFrame(rows).to_csv(explain.per_image, index=False)
+    metrics = ws.stage_metrics("explain", ARCH, SEED)
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"threshold": THRESHOLD}))
+    ws.ratings.dir.mkdir()
+    ws.ratings.readme.write_text("ratings\n")
+    return ws
