@@ -46,9 +46,9 @@ def test_dvc_yaml_names_the_workspace_paths() -> None:
         ws.split,
         ws.stage_metrics("sample"),
         ws.stage_metrics("split"),
-        ws.explain(arch, seeds[0]).maps,  # consistency: the primary seed's maps
         ws.model(arch, seeds[0]).dir.parent.parent,  # report: every model (models/)
-        ws.explain(arch, seeds[0]).dir.parent.parent,  # and every explanation (explain/)
+        ws.explain(arch, seeds[0]).dir.parent.parent,  # consistency and report: every explanation (explain/)
+        ws.stage_metrics("train", arch, seeds[0]).parent.parent,  # report: the trainings' metrics (metrics/train/)
         ws.stage_metrics("explain", arch, seeds[0]).parent.parent,  # and their metrics (metrics/explain/)
         ws.consistency,
         ws.consistency_metrics,
