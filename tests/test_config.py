@@ -61,7 +61,12 @@ def test_profiles_validate_and_use_synthetic_data(profile):
         ({"sample": {"views": ["PA", "LL"]}}, "sample.views.1: Input should be 'PA' or 'AP' (got 'LL')"),
         ({"split": {"train": 0.8}}, "split: train + val + test must sum to 1, got 0.8 + 0.15 + 0.15 = 1.1"),
         ({"split": {"group_by": "study"}}, "split.group_by: Input should be 'patient' or 'image'"),
-        ({"model": {"archs": ["resnet50", "vgg16"]}}, "model.archs: unknown arch 'vgg16' (available: resnet50, "),
+        ({"model": {"archs": ["resnet50", "vgg19"]}}, "model.archs: unknown arch 'vgg19' (available: resnet50, "),
+        (
+            {"model": {"archs": ["resnet50", "vit_b_16"]}, "train": {"image_size": 100}},
+            "train.image_size: 100 px does not fit vit_b_16 in model.archs: the input side must be a multiple of its "
+            "patch size, 16 px",
+        ),
         ({"model": {"archs": ["resnet50"]}}, "model.archs: two different architectures"),
         ({"model": {"archs": ["resnet18", "resnet18"]}}, "model.archs: two different architectures"),
         ({"model": {"archs": "resnet50"}}, "model.archs: Input should be a valid tuple"),

@@ -159,3 +159,25 @@ def test_no_code_reads_a_checkpoint_unsafely():
         loads = [line for line in text.splitlines() if "weights_only=False" in line and "save_checkpoint" not in line]
         assert not loads, (source, loads)
         assert "load_from_checkpoint" not in text, source
+
+
+def test_a_vit_checkpoint_rebuilds_at_its_recorded_input_size(tmp_path):
+    """A ViT is built for one input size: the checkpoint's ``image_size`` rebuilds it (no download), both readers
+    give the same logits, explain-image runs at that size and names it when asked for another."""
+    torch.manual_seed(0)
+    module = PneumoniaClassifier("vit_b_16", image_size=32).eval()
+    path = tmp_path / "vit.ckpt"
+    torch.save(_checkpoint(module), path)
+    x = torch.rand(2, 1, 32, 32)
+    model, hparams = load_classifier(path)
+    with torch.no_grad():
+        expected = module.model(x)
+        assert torch.equal(model(x), expected)
+        assert torch.equal(load_checkpoint(path).model(x), expected)
+    assert hparams["image_size"] == 32 and model.features.tokens.pos_embedding.shape == (1, 5, 768)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(image)
+    result = explain_file(image, path, out=tmp_path / "out.png")
+    assert result.heatmap.shape == (32, 32) and result.path.is_file()
+    with pytest.raises(CxrError, match=r"built for 32 × 32 px \(train.image_size, recorded in its checkpoint\)"):
+        explain_file(image, path, size=64, out=tmp_path / "out64.png")
