@@ -6,8 +6,9 @@ statistics calibrated on the batch, head biases zeroed and the logits centred on
 64 × 64 (2 × 2 feature maps; the ViT: 32 × 32, a 2 × 2 patch grid), each explained for its predicted class, both
 classes present, through signed per-image targets ``±out[0]``):
 
-1. end to end: pgc's ``GradCAM`` on the whole model (hooks on ``model.features``, full backward, cv2 resize to the
-   input size, its min-max scaling) against :func:`compute_cams`' Grad-CAM maps at the input size, to 1e-4. For the
+1. end to end: pgc's ``GradCAM`` on the whole model (hooks on ``model.features``, full backward to the input, the
+   weights frozen so that no weight gradient is computed; cv2 resize to the input size, its min-max scaling) against
+   :func:`compute_cams`' Grad-CAM maps at the input size, to 1e-4. For the
    ViT, pgc runs on torchvision's own ``VisionTransformer`` holding the same modules (the study's head as its
    ``heads``), hooked on ``encoder.layers[-1].ln_1`` with the ``reshape_transform`` of its ViT tutorial (class token
    dropped, patch tokens to the (h, w) grid);
@@ -168,13 +169,16 @@ def case(request) -> Case:
     images = torch.randn(2, 1, size, size)
     _calibrate(model, images)
     result = compute_cams(model, images, tuple(CAM_METHODS), target="predicted")
-    with GradCAM(explained, [layer], reshape_transform=reshape) as cam:
-        full = cam(images, _targets(result.classes.tolist()))
-        pgc_activations = cam.activations_and_grads.activations[0]
-        pgc_gradients = cam.activations_and_grads.gradients[0]
     ours = feature_gradients(model, images, classes=result.classes)
     with torch.no_grad():
         features = model.features(images)
+    # pgc's backward reaches the layer through the input's graph instead of the weights' (the same activation
+    # gradients, without the weight gradients pgc has no use for: a third of its time on the large backbones)
+    model.requires_grad_(False)
+    with GradCAM(explained, [layer], reshape_transform=reshape) as cam:
+        full = cam(images.clone().requires_grad_(), _targets(result.classes.tolist()))
+        pgc_activations = cam.activations_and_grads.activations[0]
+        pgc_gradients = cam.activations_and_grads.gradients[0]
     return Case(
         arch, model, images, result, full, pgc_activations, pgc_gradients, features, ours.activations, ours.gradients
     )

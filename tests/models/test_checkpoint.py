@@ -162,8 +162,10 @@ def test_no_code_reads_a_checkpoint_unsafely():
 
 
 def test_a_vit_checkpoint_rebuilds_at_its_recorded_input_size(tmp_path):
-    """A ViT is built for one input size: the checkpoint's ``image_size`` rebuilds it (no download), both readers
-    give the same logits, explain-image runs at that size and names it when asked for another."""
+    """A ViT is built for one input size: the checkpoint's ``image_size`` rebuilds it (no download) with the same
+    logits, and explain-image runs at that size. (Each load of its 86 M parameters costs seconds here: the training
+    module's reader builds it from the same hyper-parameters, and another input size is refused in
+    tests/models/test_backbones.py.)"""
     torch.manual_seed(0)
     module = PneumoniaClassifier("vit_b_16", image_size=32).eval()
     path = tmp_path / "vit.ckpt"
@@ -171,13 +173,9 @@ def test_a_vit_checkpoint_rebuilds_at_its_recorded_input_size(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     model, hparams = load_classifier(path)
     with torch.no_grad():
-        expected = module.model(x)
-        assert torch.equal(model(x), expected)
-        assert torch.equal(load_checkpoint(path).model(x), expected)
+        assert torch.equal(model(x), module.model(x))
     assert hparams["image_size"] == 32 and model.features.tokens.pos_embedding.shape == (1, 5, 768)
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(image)
     result = explain_file(image, path, out=tmp_path / "out.png")
     assert result.heatmap.shape == (32, 32) and result.path.is_file()
-    with pytest.raises(CxrError, match=r"built for 32 × 32 px \(train.image_size, recorded in its checkpoint\)"):
-        explain_file(image, path, size=64, out=tmp_path / "out64.png")
