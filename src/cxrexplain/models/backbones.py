@@ -172,8 +172,9 @@ class VitClassifier(Classifier):
     token's ``ln_1``) as the attention's input while the residual uses ``F``, exactly as ``EncoderBlock.forward``:
     ``x = F + Dropout(Attention(ln_1(F))); y = x + MLP(ln_2(x))``, then the final LayerNorm, the class token and the
     head. Only the class token's output of the last block reaches the logit, so the last block computes only that
-    (its attention with the class token's query over every token's key and value): the same numbers as the full
-    block's class token, a sixth of the block's work.
+    (its attention with the class token's query over every token's key and value): the full block's class token up
+    to rounding (tested against torchvision's forward), for about a sixth of the block's work (the key and value
+    projections of every token).
     """
 
     def __init__(
