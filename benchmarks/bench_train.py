@@ -1,6 +1,6 @@
 """Training throughput: train steps per architecture and input size, and the augmenting data loader per worker count.
 
-    python benchmarks/bench_train.py [--sizes 64 128 224] [--batch 16] [--steps 3] [--workers 0 1 2]
+    python benchmarks/bench_train.py [--sizes 64 128 224] [--batch 16] [--steps 3] [--workers 0 1 2] [--archs ...]
 
 Prints three tables:
 1. training images/s (forward + backward + Adam step) for every registered backbone on the CPU at each size;
@@ -28,7 +28,7 @@ from cxrexplain.models.backbones import build_classifier
 
 def train_rate(arch: str, size: int, batch: int, steps: int, device: str, bf16: bool, channels_last: bool) -> float:
     """Images per second of full training steps (the first, warm-up step is not counted)."""
-    model = build_classifier(arch).to(device).train()
+    model = build_classifier(arch, image_size=size).to(device).train()
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, 2, (batch,), device=device).float()
     if channels_last:
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     args = parser.parse_args()
     console = Console()
 
@@ -79,7 +80,7 @@ def main() -> None:
     table.add_column("arch")
     for size in args.sizes:
         table.add_column(f"{size} px", justify="right")
-    for arch in ARCHS:
+    for arch in args.archs:
         rates = [train_rate(arch, s, args.batch, args.steps, "cpu", False, False) for s in args.sizes]
         table.add_row(arch, *(f"{r:.1f}" for r in rates))
     console.print(table)
@@ -95,7 +96,7 @@ def main() -> None:
         table = Table(title=f"GPU training images/s at 224 px, batch 64: {torch.cuda.get_device_name(0)}")
         for column in ("arch", "fp32", "bf16-mixed + channels_last"):
             table.add_column(column, justify="right")
-        for arch in ARCHS:
+        for arch in args.archs:
             fp32 = train_rate(arch, 224, 64, 10, "cuda", False, False)
             bf16 = train_rate(arch, 224, 64, 10, "cuda", True, True)
             table.add_row(arch, f"{fp32:.0f}", f"{bf16:.0f}")

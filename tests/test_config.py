@@ -67,6 +67,11 @@ def test_profiles_validate_and_use_synthetic_data(profile):
             {"model": {"archs": ["resnet18", "resnet18"]}},
             "model.archs: architectures must be distinct: resnet18 repeated",
         ),
+        (
+            {"model": {"archs": ["resnet50", "vit_b_16"]}, "train": {"image_size": 100}},
+            "train.image_size: 100 px does not fit vit_b_16 in model.archs: the input side must be a multiple of its "
+            "patch size, 16 px",
+        ),
         ({"model": {"archs": "resnet50"}}, "model.archs: Input should be a valid tuple"),
         ({"explain": {"cams": ["gradcam", "gradcam"]}}, "explain.cams: names must be distinct: gradcam repeated"),
         ({"explain": {"measures": ["road", "road"]}}, "explain.measures: names must be distinct: road repeated"),

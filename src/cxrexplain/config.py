@@ -309,6 +309,17 @@ class Params(_Section):
     def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         return _distinct(value, "seeds")
 
+    @model_validator(mode="after")
+    def _input_size_fits_the_archs(self) -> Params:
+        for arch in self.model.archs:
+            patch = names.PATCH_SIZES.get(arch)
+            if patch and self.train.image_size % patch:
+                raise ValueError(
+                    f"train.image_size: {self.train.image_size} px does not fit {arch} in model.archs: the input side "
+                    f"must be a multiple of its patch size, {patch} px"
+                )
+        return self
+
     @property
     def primary_seed(self) -> int:
         """The first training seed: the run the report details (galleries, per-method tables, consistency)."""

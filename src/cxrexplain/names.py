@@ -16,8 +16,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-ARCHS: tuple[str, ...] = ("resnet50", "densenet121", "resnet18")
-"""``models/backbones.py`` :data:`BACKBONES`: the study's two, then ResNet-18 for CPU runs."""
+ARCHS: tuple[str, ...] = (
+    "resnet50",
+    "densenet121",
+    "resnet18",
+    "resnet101",
+    "densenet161",
+    "efficientnet_b0",
+    "vgg16",
+    "vit_b_16",
+)
+"""``models/backbones.py`` :data:`BACKBONES`: the study's two, ResNet-18 for CPU runs, then the related work's."""
+
+PATCH_SIZES: dict[str, int] = {"vit_b_16": 16}
+"""The backbones whose input side must be a multiple of a patch size (``BackboneSpec.patch`` in the registry, checked
+equal at import), so that ``config.py`` can refuse a ``train.image_size`` they cannot take without importing torch."""
 
 CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
 """``explain/cam.py`` :data:`CAM_METHODS`."""

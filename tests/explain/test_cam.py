@@ -1,16 +1,24 @@
 """The native CAM family: equality with pytorch-grad-cam on both backbones, exact values on a toy model, modes,
 gradients, per-image targets, normalisation.
 
-Comparison with pytorch-grad-cam 1.5.7 (``pgc``), per backbone (random weights, BatchNorm statistics calibrated on the
-batch, head biases zeroed and the logits centred on the batch, eval mode; 3 images of 64 × 64 (2 × 2 feature maps),
-each explained for its predicted class, both classes present, through signed per-image targets ``±out[0]``):
+Comparison with pytorch-grad-cam 1.5.7 (``pgc``), per backbone (every one of ``ARCHS``; random weights, BatchNorm
+statistics calibrated on the batch, head biases zeroed and the logits centred on the batch, eval mode; 2 images of
+64 × 64 (2 × 2 feature maps; the ViT: 32 × 32, a 2 × 2 patch grid), each explained for its predicted class, both
+classes present, through signed per-image targets ``±out[0]``):
 
-1. end to end: pgc's ``GradCAM`` on the whole model (hooks on ``model.features``, full backward, cv2 resize to the
-   input size, its min-max scaling) against :func:`compute_cams`' Grad-CAM maps at the input size, to 1e-4;
-2. each method's formula, isolated from resizing: pgc's class for the method run on the head alone, fed pgc's own
-   ``A`` from step 1 (its target layer an ``Identity`` on ``A``, so its target size is the feature size and cv2's
-   resize is the identity); compared at feature resolution: the raw map (pgc's ``get_cam_image`` followed by its
-   ReLU) to 1e-4 of the image's largest value, and the normalised map (pgc's output) to 1e-4;
+1. end to end: pgc's ``GradCAM`` on the whole model (hooks on ``model.features``, full backward to the input, the
+   weights frozen so that no weight gradient is computed; cv2 resize to the input size, its min-max scaling) against
+   :func:`compute_cams`' Grad-CAM maps at the input size, to 1e-4. For the
+   ViT, pgc runs on torchvision's own ``VisionTransformer`` holding the same modules (the study's head as its
+   ``heads``), hooked on ``encoder.layers[-1].ln_1`` with the ``reshape_transform`` of its ViT tutorial (class token
+   dropped, patch tokens to the (h, w) grid);
+2. each method's formula, isolated from resizing: pgc's class for the method run on what follows ``A`` alone
+   (:meth:`Classifier.logits_from_cam`: the head, or the ViT's last block and head), fed our ``A`` (its target layer
+   an ``Identity`` on ``A``, so its target size is the feature size and cv2's resize is the identity); compared at
+   feature resolution: the raw map (pgc's ``get_cam_image`` followed by its ReLU) to 1e-4 of the image's largest
+   value, and the normalised map (pgc's output) to 1e-4. Our ``A`` and ``G`` equal pgc's from step 1 (1e-4 of the
+   largest); pgc is fed ours because XGrad-CAM's ``1 / Σ_ij A`` amplifies their rounding difference on the ViT's
+   signed LayerNorm output (8e-4 of the largest value once);
 3. EigenGrad-CAM: the projection equals pgc's ``get_2d_projection`` up to the SVD's sign per image, the sign here
    follows its documented rule, and pgc's output equals ours with pgc's sign.
 
@@ -51,7 +59,7 @@ from cxrexplain.explain.cam import (
     upsample,
     xgradcam,
 )
-from cxrexplain.models.backbones import Classifier, build_classifier
+from cxrexplain.models.backbones import BACKBONES, Classifier, build_classifier, from_torchvision
 
 PGC = {
     "gradcam": GradCAM,
@@ -78,15 +86,23 @@ class _Logits(nn.Module):
 
 
 class _Head(nn.Module):
-    """The head alone, fed the feature map; ``layer`` (an identity) is the target layer pgc hooks."""
+    """What follows the target layer alone (``logits_from_cam`` on the batch's ``F``), fed the map ``A``; ``layer``
+    (an identity) is the target layer pgc hooks."""
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(self, model: Classifier, features: torch.Tensor) -> None:
         super().__init__()
         self.layer = nn.Identity()
-        self.head = model.head
+        self.model = model
+        self.features = features
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layer(activations))
+        return self.model.logits_from_cam(self.features, self.layer(activations)).unsqueeze(1)
+
+
+def _vit_reshape(tensor: torch.Tensor, height: int = 2, width: int = 2) -> torch.Tensor:
+    """pytorch-grad-cam's ``reshape_transform`` for ViTs (its tutorial's): drop the class token, tokens to the grid."""
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
 
 
 def _targets(classes: list[int]) -> list:
@@ -98,10 +114,10 @@ def _calibrate(model: Classifier, x: torch.Tensor) -> None:
     """Make a random model's maps on ``x`` informative.
 
     BatchNorm running statistics := the batch's, so that eval-mode feature maps are not dominated by one offset. The
-    head's biases are zeroed, so ``z = W₂ ReLU(W₁ p)`` is positively homogeneous in the pooled features ``p`` and
-    Grad-CAM's map before its ReLU sums to ``z`` (Euler): the predicted class always has positive evidence. ``W₂`` is
-    made orthogonal to the batch's mean hidden vector (so the logits sum to 0: both classes are predicted) and scaled
-    so that ``mean |z| = 1``.
+    head's biases are zeroed, so ``z = W₂ ReLU(W₁ p)`` is positively homogeneous in the head's input ``p`` (the pooled
+    features; the ViT's class token) and, for a CNN, Grad-CAM's map before its ReLU sums to ``z`` (Euler): the
+    predicted class has positive evidence. ``W₂`` is made orthogonal to the batch's mean hidden vector (so the logits
+    sum to 0: both classes are predicted) and scaled so that ``mean |z| = 1``.
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -110,13 +126,16 @@ def _calibrate(model: Classifier, x: torch.Tensor) -> None:
     with torch.no_grad():
         model.features(x)
         model.eval()
-        features = model.features(x)
-        first, last = model.head[3], model.head[5]
+        inputs = []
+        hook = model.head.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        model(x)
+        hook.remove()
+        first, last = model.head[-3], model.head[-1]
         first.bias.zero_()
         last.bias.zero_()
-        hidden = model.head[:5](features).mean(dim=0)
+        hidden = model.head[:-1](inputs[0]).mean(dim=0)
         last.weight -= (last.weight @ hidden) / hidden.dot(hidden) * hidden
-        last.weight /= model.head(features).abs().mean()
+        last.weight /= model(x).abs().mean()
 
 
 @dataclass
@@ -126,27 +145,50 @@ class Case:
     images: torch.Tensor
     result: CamResult
     pgc_gradcam: np.ndarray  # pgc's end-to-end Grad-CAM at the input size
-    activations: torch.Tensor  # pgc's A and G (hooks on model.features, full backward)
+    pgc_activations: torch.Tensor  # pgc's A and G (hooks on the target layer, full backward)
+    pgc_gradients: torch.Tensor
+    features: torch.Tensor  # ours: F = features(x), and A, G from feature_gradients
+    activations: torch.Tensor
     gradients: torch.Tensor
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def case(request) -> Case:
+    arch = request.param
+    vit = arch == "vit_b_16"
+    size = 32 if vit else 64
     torch.manual_seed(0)
-    model = build_classifier(request.param)
-    images = torch.randn(3, 1, 64, 64)
+    if vit:  # ours made from a torchvision ViT that keeps sharing its modules (pgc explains that one)
+        reference = BACKBONES[arch].torchvision_model(size)
+        model = from_torchvision(arch, reference)
+        reference.heads = model.head  # torchvision's forward, ending in the study's head: logits (B, 1)
+        explained, layer, reshape = reference, reference.encoder.layers[-1].ln_1, _vit_reshape
+    else:
+        model = build_classifier(arch)
+        explained, layer, reshape = _Logits(model), model.features, None
+    images = torch.randn(2, 1, size, size)
     _calibrate(model, images)
     result = compute_cams(model, images, tuple(CAM_METHODS), target="predicted")
-    with GradCAM(_Logits(model), [model.features]) as cam:
-        full = cam(images, _targets(result.classes.tolist()))
-        activations = cam.activations_and_grads.activations[0]
-        gradients = cam.activations_and_grads.gradients[0]
-    return Case(request.param, model, images, result, full, activations, gradients)
+    ours = feature_gradients(model, images, classes=result.classes)
+    with torch.no_grad():
+        features = model.features(images)
+    # pgc's backward reaches the layer through the input's graph instead of the weights' (the same activation
+    # gradients, without the weight gradients pgc has no use for: a third of its time on the large backbones)
+    model.requires_grad_(False)
+    with GradCAM(explained, [layer], reshape_transform=reshape) as cam:
+        full = cam(images.clone().requires_grad_(), _targets(result.classes.tolist()))
+        pgc_activations = cam.activations_and_grads.activations[0]
+        pgc_gradients = cam.activations_and_grads.gradients[0]
+    return Case(
+        arch, model, images, result, full, pgc_activations, pgc_gradients, features, ours.activations, ours.gradients
+    )
 
 
 def _pgc_at_feature_size(case: Case, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """pgc's raw map (its ``get_cam_image`` then ReLU) and its output, both at the feature map's resolution."""
-    head = _Head(case.model)
+    """pgc's raw map (its ``get_cam_image`` then ReLU) and its output, both at the feature map's resolution, from our
+    ``A`` (equal to pgc's own, tested: step 1 differs from it by rounding, which XGrad-CAM's ``1 / Σ_ij A`` can
+    amplify on the ViT's signed LayerNorm output)."""
+    head = _Head(case.model, case.features)
     targets = _targets(case.result.classes.tolist())
     with PGC[name](head, [head.layer]) as cam:
         output = cam(case.activations.clone().requires_grad_(), targets)
@@ -162,13 +204,18 @@ def _pgc_at_feature_size(case: Case, name: str) -> tuple[np.ndarray, np.ndarray]
 def test_the_fixture_is_not_degenerate(case):
     assert sorted(set(case.result.classes.tolist())) == [0, 1]  # both classes: per-image signed targets are tested
     raw = case.result.raw["gradcam"]
-    assert raw.shape == (3, *case.activations.shape[2:])
+    assert raw.shape == (2, 2, 2) and case.activations.shape[2:] == (2, 2)
+    # our A and G (no hook, back-propagated from the logit to A only) are pgc's (hooks, full backward)
+    for ours, theirs in ((case.activations, case.pgc_activations), (case.gradients, case.pgc_gradients)):
+        assert ours.shape == theirs.shape
+        assert_close(ours, theirs, atol=1e-4 * theirs.abs().max().item(), rtol=1e-4)
+    assert torch.equal(case.result.raw["gradcam"], gradcam(case.activations, case.gradients))
     assert (raw.amax(dim=(1, 2)) - raw.amin(dim=(1, 2)) > 1e-3).all()  # every map varies: normalisation is tested
     assert_close(case.result.logits, case.model.eval()(case.images), atol=1e-5, rtol=1e-5)
 
 
 def test_gradcam_end_to_end_equals_pytorch_grad_cam_at_the_input_size(case):
-    assert case.pgc_gradcam.shape == (3, 64, 64)
+    assert case.pgc_gradcam.shape == case.images[:, 0].shape
     assert_close(case.result.maps["gradcam"], torch.from_numpy(case.pgc_gradcam), atol=1e-4, rtol=0)
 
 
@@ -326,14 +373,14 @@ def test_dropout_is_off_while_explaining():
 def test_real_backbone_no_parameter_grad_under_no_grad_and_shapes():
     torch.manual_seed(1)
     model = build_classifier("resnet50").train()
-    images = torch.randn(3, 1, 64, 64)  # the fixture's shape: oneDNN's one-off set-up per shape is slow on a CPU
+    images = torch.randn(2, 1, 64, 64)  # the fixture's shape: oneDNN's one-off set-up per shape is slow on a CPU
     with torch.no_grad():
         result = compute_cams(model, images, ("gradcam", "layercam"))
     assert model.training
     assert all(p.grad is None for p in model.parameters())
-    assert result.logits.shape == (3,) and result.classes.dtype == torch.long
+    assert result.logits.shape == (2,) and result.classes.dtype == torch.long
     assert not result.logits.requires_grad and not result.maps["gradcam"].requires_grad
-    assert result.raw["gradcam"].shape == (3, 2, 2) and result.maps["layercam"].shape == (3, 64, 64)
+    assert result.raw["gradcam"].shape == (2, 2, 2) and result.maps["layercam"].shape == (2, 64, 64)
     for maps in result.maps.values():
         assert maps.min() >= 0 and maps.max() <= 1
         spans = maps.amax(dim=(1, 2)) - maps.amin(dim=(1, 2))

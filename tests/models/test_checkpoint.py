@@ -159,3 +159,23 @@ def test_no_code_reads_a_checkpoint_unsafely():
         loads = [line for line in text.splitlines() if "weights_only=False" in line and "save_checkpoint" not in line]
         assert not loads, (source, loads)
         assert "load_from_checkpoint" not in text, source
+
+
+def test_a_vit_checkpoint_rebuilds_at_its_recorded_input_size(tmp_path):
+    """A ViT is built for one input size: the checkpoint's ``image_size`` rebuilds it (no download) with the same
+    logits, and explain-image runs at that size. (Each load of its 86 M parameters costs seconds here: the training
+    module's reader builds it from the same hyper-parameters, and another input size is refused in
+    tests/models/test_backbones.py.)"""
+    torch.manual_seed(0)
+    module = PneumoniaClassifier("vit_b_16", image_size=32).eval()
+    path = tmp_path / "vit.ckpt"
+    torch.save(_checkpoint(module), path)
+    x = torch.rand(2, 1, 32, 32)
+    model, hparams = load_classifier(path)
+    with torch.no_grad():
+        assert torch.equal(model(x), module.model(x))
+    assert hparams["image_size"] == 32 and model.features.tokens.pos_embedding.shape == (1, 5, 768)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(image)
+    result = explain_file(image, path, out=tmp_path / "out.png")
+    assert result.heatmap.shape == (32, 32) and result.path.is_file()

@@ -1,15 +1,17 @@
 """The CAM family, batched and native: one feature map and one gradient per batch, every method a formula on them.
 
-Notation, per image: ``A`` (K, h, w) is the target layer's feature map (:meth:`Classifier.features`), ``y`` the
+Notation, per image: ``A`` (K, h, w) is the target layer's feature map (:meth:`Classifier.cam_input`), ``y`` the
 score explained, ``G = ∂y/∂A`` and ``Σ_ij`` a sum over the h·w positions. The study's target is binary with a single
 logit ``z``: the score of class 1 (Pneumonia) is ``y = z`` and that of class 0 (No Finding) is ``y = −z``, so
 explaining class 0 uses ``−G``. Each image of a batch has its own class.
 
-The core, :func:`feature_gradients`, runs ``A = features(x)`` without autograd, then ``head`` on a detached ``A`` that
-requires grad, and takes ``G = torch.autograd.grad(Σ_b y_b, A)``: nothing is back-propagated below the target layer,
-no parameter receives a ``.grad`` and no hook is registered. The head works image by image (pooling, linear layers,
-no BatchNorm; Dropout is off in eval mode), so the gradient of the batch's summed score with respect to ``A_b`` is the
-gradient of ``y_b`` alone.
+The core, :func:`feature_gradients`, runs ``F = features(x)`` and ``A = model.cam_input(F)`` without autograd, then
+the logits from a detached ``A`` that requires grad (``model.logits_from_cam(F, A)``: ``head(A)`` for the CNNs, where
+``A = F``; for the ViT the last encoder block with ``A`` as its attention's input, then its head), and takes
+``G = torch.autograd.grad(Σ_b y_b, A)``: nothing is back-propagated below the target layer, no parameter receives a
+``.grad`` and no hook is registered. What runs after ``A`` works image by image (pooling, linear layers, LayerNorm and
+attention within one image's tokens, no BatchNorm; Dropout is off in eval mode), so the gradient of the batch's summed
+score with respect to ``A_b`` is the gradient of ``y_b`` alone.
 
 The methods (:data:`CAM_METHODS`) map ``(A, G)`` of shape (B, K, h, w) to raw maps (B, h, w) at feature resolution.
 They follow pytorch-grad-cam 1.5.7 exactly (its formulas, eps values and ReLU placement: it applies a ReLU to every
@@ -17,10 +19,11 @@ method's map), except for the sign of EigenGrad-CAM's principal component, which
 :func:`principal_projection`). :func:`compute_cams` is the entry point: it computes ``A`` and ``G`` once per batch
 and returns, per method, the raw maps and the maps upsampled to the input size and min-max normalised per image.
 
-With the study's head, which average-pools ``A`` first, ``G_k,ij = (1/hw) ∂y/∂p_k`` does not depend on the position:
-HiResCAM then equals Grad-CAM (up to rounding) and XGrad-CAM equals it up to its eps; Layer-CAM becomes Grad-CAM
-with the negative channel weights dropped, and Grad-CAM++ reweights channels only. The formulas differ for heads that
-do not pool first; the tests check them on such a head too.
+With the study's head on a CNN, which average-pools ``A`` first, ``G_k,ij = (1/hw) ∂y/∂p_k`` does not depend on the
+position: HiResCAM then equals Grad-CAM (up to rounding) and XGrad-CAM equals it up to its eps; Layer-CAM becomes
+Grad-CAM with the negative channel weights dropped, and Grad-CAM++ reweights channels only. The formulas differ for
+heads that do not pool first (the ViT's attention makes ``G`` vary over the positions); the tests check them on such
+a head and on the ViT too.
 
 Gradients are needed, so call this outside ``torch.inference_mode``. Lightning's evaluation loops
 (``trainer.validate/test/predict``) run under it: explain outside them. :func:`feature_gradients` does step out of
@@ -119,7 +122,11 @@ def feature_gradients(
     target: Target = "predicted",
     labels: torch.Tensor | None = None,
 ) -> CamInputs:
-    """``A = features(x)`` and ``G = ∂y/∂A`` for a batch, back-propagating through ``head`` only.
+    """``A`` (the target layer's map) and ``G = ∂y/∂A`` for a batch, back-propagating from the logit to ``A`` only.
+
+    ``F = features(x)`` and ``A = model.cam_input(F)`` run without autograd; the logits are
+    ``model.logits_from_cam(F, A)`` on a detached ``A`` that requires grad (for a CNN ``A = F`` and the logits are
+    ``head(A)``; for the ViT, the last encoder block with ``A`` as its attention's input, then its head).
 
     ``images`` (B, 1, H, W) are moved to the model's device. ``classes`` (0/1 per image) takes precedence over
     ``target``; ``target="true"`` needs ``labels``. The model is in eval mode during the call and every module's
@@ -134,10 +141,11 @@ def feature_gradients(
         if x.is_inference():  # made under inference mode: a normal copy may enter autograd
             x = x.clone()
         with torch.no_grad():
-            activations = model.features(x)
+            features = model.features(x)
+            activations = model.cam_input(features)
         activations = activations.detach().requires_grad_()
         with torch.enable_grad():
-            logits = model.head(activations).squeeze(1)
+            logits = model.logits_from_cam(features, activations)
             if classes is None:
                 chosen = resolve_targets(logits, target, labels)
             else:

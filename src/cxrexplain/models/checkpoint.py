@@ -73,7 +73,8 @@ def weights_of(path: Path | str) -> Iterator[None]:
 def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """A training checkpoint's network and hyper-parameters: the :class:`Classifier` in eval mode on ``device``.
 
-    Built empty (``pretrained="none"``) from the checkpoint's ``arch`` and ``dropout``, then given the checkpoint's
+    Built empty (``pretrained="none"``) from the checkpoint's ``arch``, ``dropout`` and ``image_size`` (a ViT is built
+    for its training size), then given the checkpoint's
     own weights strictly, as :func:`cxrexplain.models.module.load_checkpoint` does with the training module (tested
     equal), so no download and no ``model.pretrained`` file are needed. Keys other than the network's and
     :data:`TRAINING_ONLY`, or missing ones, make the file a :class:`CxrError` naming it.
@@ -85,7 +86,12 @@ def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> tup
     with weights_of(path):
         if foreign:
             raise KeyError(f"unexpected keys {foreign[:5]}")
-        model = build_classifier(hparams["arch"], pretrained="none", dropout=hparams.get("dropout", 0.5))
+        model = build_classifier(
+            hparams["arch"],
+            pretrained="none",
+            dropout=hparams.get("dropout", 0.5),
+            image_size=hparams.get("image_size"),
+        )
         weights = {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
         model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), hparams

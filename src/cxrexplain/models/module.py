@@ -58,7 +58,7 @@ class PneumoniaClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.channels_last = channels_last
         self.history: list[dict[str, float]] = []  # one row per epoch: train and val loss and metrics
-        self.model = build_classifier(arch, pretrained=pretrained, dropout=dropout)
+        self.model = build_classifier(arch, pretrained=pretrained, dropout=dropout, image_size=image_size)
         weight = torch.tensor([pos_weight]) if pos_weight is not None else None
         self.loss = nn.BCEWithLogitsLoss(pos_weight=weight)
         self.train_metrics = classification_metrics("train")

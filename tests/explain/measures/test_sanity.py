@@ -8,6 +8,7 @@ import skimage.metrics
 import torch
 from torch import nn
 
+from cxrexplain.config import ARCHS
 from cxrexplain.explain.measures import sanity
 from cxrexplain.explain.measures.sanity import (
     curve_means,
@@ -62,13 +63,25 @@ def images(n: int = 3, size: int = 10) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------ blocks
 
 
-def test_randomisation_blocks_of_the_study_backbones_cover_every_parameter_once():
+def test_randomisation_blocks_of_every_backbone_cover_every_parameter_once():
+    """Built on the meta device (shapes only: no weights drawn); tests/models/test_backbones.py re-initialises every
+    block of every backbone for real."""
+    resnet = ["head", "layer4", "layer3", "layer2", "layer1", "stem"]
+    densenet = ["head", "denseblock4", "denseblock3", "denseblock2", "denseblock1", "stem"]
     expected = {
-        "resnet50": ["head", "layer4", "layer3", "layer2", "layer1", "stem"],
-        "densenet121": ["head", "denseblock4", "denseblock3", "denseblock2", "denseblock1", "stem"],
+        "resnet50": resnet,
+        "densenet121": densenet,
+        "resnet18": resnet,
+        "resnet101": resnet,
+        "densenet161": densenet,
+        "efficientnet_b0": ["head", *(f"features.{i}" for i in range(8, -1, -1))],
+        "vgg16": ["head", "block5", "block4", "block3", "block2", "block1"],
+        "vit_b_16": ["head", *(f"encoder_layer_{i}" for i in range(11, -1, -1)), "embedding"],
     }
+    assert tuple(expected) == ARCHS
     for arch, names in expected.items():
-        model = build_classifier(arch)
+        with torch.device("meta"):
+            model = build_classifier(arch, image_size=64)
         blocks = randomisation_blocks(model)
         assert [name for name, _ in blocks] == names
         covered = [id(p) for _, block in blocks for p in block.parameters()]

@@ -69,7 +69,8 @@ def randomisation_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     Always first: ``head`` (pooling, the two linear layers); then the blocks its backbone's registry entry names
     (:attr:`~cxrexplain.models.backbones.BackboneSpec.blocks`: for ResNet-50 ``layer4`` ... ``stem``, for
-    DenseNet-121 ``denseblock4`` ... ``stem``); for any other ``features``, its children with parameters, last first,
+    DenseNet-121 ``denseblock4`` ... ``stem``, for ViT-B/16 ``encoder_layer_11`` ... ``embedding``); for any other
+    ``features``, its children with parameters, last first,
     named ``features.<child>``. Every parameter of the model belongs to exactly one block.
     """
     head, features = getattr(model, "head", None), getattr(model, "features", None)
@@ -77,7 +78,7 @@ def randomisation_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
         raise ValueError("randomisation_blocks expects a model with `features` and `head` (a Classifier)")
     spec = BACKBONES.get(getattr(model, "arch", ""))
     if spec is not None:
-        return [("head", head), *spec.blocks(features)]
+        return [("head", head), *spec.blocks(model)]
     children = [(n, c) for n, c in features.named_children() if any(True for _ in c.parameters())]
     return [("head", head), *((f"features.{n}", c) for n, c in reversed(children))]
 
@@ -86,13 +87,17 @@ def reinitialise(module: nn.Module, seed: int) -> None:
     """Call ``reset_parameters()`` on every submodule that has one, drawing from ``seed`` (global RNG untouched).
 
     Convolutions and linear layers get fresh random weights (PyTorch's default initialisation); BatchNorm layers
-    get weight 1, bias 0 and fresh running statistics (mean 0, variance 1). Submodules are reset in
-    ``module.modules()`` order after one ``torch.manual_seed(seed)``.
+    get weight 1, bias 0 and fresh running statistics (mean 0, variance 1); LayerNorm weight 1, bias 0; a
+    ``MultiheadAttention``'s input projection Xavier-uniform with bias 0 (its ``_reset_parameters``: it has no public
+    one); a ViT's class token 0 and position embedding N(0, 0.02²) (``VitTokens.reset_parameters``). Submodules are
+    reset in ``module.modules()`` order after one ``torch.manual_seed(seed)``.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     with seeded(seed, device), torch.no_grad():
         for sub in module.modules():
             reset = getattr(sub, "reset_parameters", None)
+            if isinstance(sub, nn.MultiheadAttention):  # its input projection's reset is private
+                reset = sub._reset_parameters
             if callable(reset):
                 reset()
 
