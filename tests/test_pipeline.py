@@ -114,7 +114,8 @@ def test_reduced_pipeline_runs_end_to_end_then_is_up_to_date(repo):
         assert set(curve["mode"]) == {"top_down", "bottom_up", "independent"}
         assert (dest / f"explain/{arch}/seed42/gallery_gradcam.png").is_file()
     consistency = json.loads((dest / "metrics/explain/consistency.json").read_text())
-    assert set(consistency["methods"]) >= {"gradcam"}
+    (pair,) = consistency["pairs"]  # two backbones: one pair
+    assert pair["archs"] == archs and set(pair["methods"]) >= {"gradcam"}
 
     audit = json.loads((dest / "metrics/leakage.json").read_text())  # resnet18 again, on an image-level split
     assert audit["arch"] == "resnet18" and audit["protocols"] == {"pipeline": "patient", "audit": "image"}

@@ -419,8 +419,8 @@ def test_the_papers_sections_compare_backbones_and_rank_methods_by_confidence_in
     assert "## Methods compared by confidence increase" in markdown
     # ranked by increase: saliency (0.60) before gradcam (0.40); the pairwise cells, each pair read both ways
     assert "| 1 | saliency | 0.600" in markdown and "| 2 | gradcam | 0.400" in markdown
-    assert "| saliency |  | drop +0.100 (p 0.020); incr. -0.200 (p 0.300) |" in markdown
-    assert "| gradcam | drop -0.100 (p 0.020); incr. +0.200 (p 0.300) |  |" in markdown
+    assert "| saliency |  | drop +0.10 pp (p 0.020); incr. -0.200 (p 0.300) |" in markdown
+    assert "| gradcam | drop -0.10 pp (p 0.020); incr. +0.200 (p 0.300) |  |" in markdown
 
 
 def test_the_report_says_what_is_identical_where_and_names_each_trainings_environment(made, tmp_path):

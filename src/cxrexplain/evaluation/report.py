@@ -853,19 +853,21 @@ def confidence_section(doc: Document, explained: Mapping[str, Mapping], paired: 
     doc.paragraph(
         "As the papers that compare CAM variants do (Chattopadhay et al. 2018's measures): the image multiplied by "
         "the map is shown to the model; *increase in confidence* is the share of images whose score for the "
-        "explained class rises, *average drop* the mean relative fall of that score (lower is better). Methods are "
-        "ranked by increase; the pairwise table gives, for every pair of methods on the same images, the difference "
-        "(row − column) of the average drop with the paired t-test's Holm-adjusted p, and the difference of the "
-        "increase with McNemar's exact test's."
+        "explained class rises, *average drop* the mean relative fall of that score in % (lower is better). Methods "
+        "are ranked by increase, ties by average drop; the pairwise table gives, for every pair of methods on the "
+        "same images, the difference (row − column) of the average drop in percentage points with the paired "
+        "t-test's Holm-adjusted p, and the difference of the increase with McNemar's exact test's."
     )
     for a, info in explained.items():
         methods = {m: e for m, e in info["methods"].items() if "increase" in e}
         if not methods:
             continue
-        ranked = sorted(methods, key=lambda m: -(methods[m]["increase"].get("mean") or -1.0))
+        ranked = sorted(
+            methods, key=lambda m: (-_mean(methods[m], "increase", -math.inf), _mean(methods[m], "average_drop"))
+        )
         doc.heading(a, 3)
         doc.table(
-            ["rank", "method", "increase in confidence ↑", "average drop ↓"],
+            ["rank", "method", "increase in confidence (share) ↑", "average drop (%) ↓"],
             [
                 [str(k + 1), m, _cell(methods[m].get("increase")), _cell(methods[m].get("average_drop"))]
                 for k, m in enumerate(ranked)
@@ -875,6 +877,12 @@ def confidence_section(doc: Document, explained: Mapping[str, Mapping], paired: 
         if table is None or not len(table):
             continue
         doc.table(["row − column", *ranked], pairwise_cells(table, ranked))
+
+
+def _mean(entry: Mapping, measure: str, missing: float = math.inf) -> float:
+    """``entry[measure]["mean"]``, or ``missing`` when it is absent or NaN."""
+    value = (entry.get(measure) or {}).get("mean")
+    return missing if value is None or math.isnan(value) else float(value)
 
 
 def pairwise_cells(table: pd.DataFrame, methods: Sequence[str]) -> list[list[str]]:
@@ -893,8 +901,9 @@ def pairwise_cells(table: pd.DataFrame, methods: Sequence[str]) -> list[list[str
                 entry, sign = backward.iloc[0], -1.0
             else:
                 continue
-            name = "drop" if measure == "average_drop" else "incr."
-            parts.append(f"{name} {sign * entry['mean_difference']:+.3f} (p {_p(entry['p_holm'])})")
+            value = sign * entry["mean_difference"] + 0.0  # + 0.0: no "-0.000"
+            shown = f"drop {value:+.2f} pp" if measure == "average_drop" else f"incr. {value:+.3f}"
+            parts.append(f"{shown} (p {_p(entry['p_holm'])})")
         return "; ".join(parts) or "n/a"
 
     return [[r, *("" if r == c else cell(r, c) for c in methods)] for r in methods]
