@@ -231,11 +231,20 @@ class ExplainParams(_Section):
         0.5,
         description="decision threshold (outcomes, class of the decision maps): a probability, or youden (on val)",
     )
-    cams: tuple[Literal[CAM_NAMES], ...] = Field(CAM_NAMES, min_length=1, description="CAM methods (native, batched)")
+    cams: tuple[Literal[CAM_NAMES], ...] = Field(
+        names.GRADIENT_CAMS,
+        min_length=1,
+        description="CAM methods (native, batched); scorecam and ablationcam cost a forward pass per channel and image",
+    )
     attributions: tuple[Literal[ATTRIBUTION_NAMES], ...] = Field(
         ATTRIBUTION_NAMES, description="captum attribution baselines (run on the subset)"
     )
-    batch_size: int = Field(16, ge=1, description="images per batch (also captum's internal batch size)")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="images per batch (also captum's internal batch size and the perturbed copies per pass of "
+        "scorecam and ablationcam)",
+    )
     measures: tuple[Literal[MEASURE_NAMES], ...] = Field(
         MEASURE_NAMES, description="per-image measures of the registry (explain/measures)"
     )

@@ -19,8 +19,16 @@ from typing import TypeVar
 ARCHS: tuple[str, ...] = ("resnet50", "densenet121", "resnet18")
 """``models/backbones.py`` :data:`BACKBONES`: the study's two, then ResNet-18 for CPU runs."""
 
-CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
-"""``explain/cam.py`` :data:`CAM_METHODS`."""
+GRADIENT_CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+"""``explain/cam.py`` :data:`GRADIENT_CAMS`: formulas of the feature map and its gradient, one backward per batch; the
+default of ``explain.cams``."""
+
+PERTURBATION_CAMS: tuple[str, ...] = ("scorecam", "ablationcam")
+"""``explain/cam.py`` :data:`PERTURBATION_CAMS`: channel weights from the scores of perturbed copies (one forward pass
+of the model, or of the head, per channel and image); opt-in in ``explain.cams``, for their cost."""
+
+CAMS: tuple[str, ...] = GRADIENT_CAMS + PERTURBATION_CAMS
+"""``explain/cam.py`` :data:`CAM_METHODS`: both families."""
 
 ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
 """``explain/attributions.py`` :data:`ATTRIBUTION_METHODS`."""

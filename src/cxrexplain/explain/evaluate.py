@@ -165,7 +165,9 @@ def explain_images(
     logit_parts: list[torch.Tensor] = []
     cam_parts: list[cam.TwoClassCams] = []
     for part in _batches(n, config.batch_size):
-        result = cam.compute_pneumonia_and_decision_cams(model, images[part], config.cams, threshold=threshold)
+        result = cam.compute_pneumonia_and_decision_cams(
+            model, images[part], config.cams, threshold=threshold, batch_size=config.batch_size
+        )
         logit_parts.append(result.logits)
         cam_parts.append(result)
         advance(part.stop - part.start)
@@ -296,7 +298,7 @@ def _sanity(
         cams = tuple(config.cams)
 
         def all_cams(m: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            maps = cam.compute_cams(m, x, cams, classes=c).maps
+            maps = cam.compute_cams(m, x, cams, classes=c, batch_size=config.batch_size).maps
             return torch.cat([maps[name] for name in cams])
 
         stacked = sanity.randomisation_curve(model, images, classes, all_cams, seed=seed, modes=modes, methods=cams)
@@ -315,7 +317,9 @@ def signed_explainer(
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``explain_fn(model, images, classes) -> signed maps``: CAM maps (non-negative), raw captum attributions."""
     if method in cam.CAM_METHODS:
-        return lambda model, x, c: cam.compute_cams(model, x, (method,), classes=c).maps[method]
+        return lambda model, x, c: cam.compute_cams(model, x, (method,), classes=c, batch_size=config.batch_size).maps[
+            method
+        ]
 
     def explain(model: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         fn = attributions.ATTRIBUTION_METHODS[method]
