@@ -30,7 +30,25 @@ of the model, or of the head, per channel and image); opt-in in ``explain.cams``
 CAMS: tuple[str, ...] = GRADIENT_CAMS + PERTURBATION_CAMS
 """``explain/cam.py`` :data:`CAM_METHODS`: both families."""
 
-ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+BASELINE_ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+"""The study's captum baselines: the default of ``explain.attributions``."""
+
+GRADIENT_ATTRIBUTIONS: tuple[str, ...] = ("input_x_gradient", "guided_backprop", "guided_gradcam", "deeplift")
+"""Further gradient methods (the papers' comparisons); opt-in in ``explain.attributions``."""
+
+SMOOTHGRAD_BASES: tuple[str, ...] = (
+    "saliency",
+    "input_x_gradient",
+    "guided_backprop",
+    "guided_gradcam",
+    "deeplift",
+    "integrated_gradients",
+)
+"""The gradient methods that have a SmoothGrad variant ``<method>_smoothgrad`` (captum's NoiseTunnel)."""
+
+ATTRIBUTIONS: tuple[str, ...] = (
+    BASELINE_ATTRIBUTIONS + GRADIENT_ATTRIBUTIONS + tuple(f"{name}_smoothgrad" for name in SMOOTHGRAD_BASES)
+)
 """``explain/attributions.py`` :data:`ATTRIBUTION_METHODS`."""
 
 SANITY_MODES: tuple[str, ...] = ("top_down", "bottom_up", "independent")

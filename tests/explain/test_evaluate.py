@@ -124,7 +124,7 @@ def test_every_method_is_measured_on_the_same_images():
     boxes = [[[0.0, 0.0, 4.0, 4.0]], [], [[2.0, 2.0, 4.0, 4.0]], [], [], []]
     settings = ExplainParams(
         cams=("gradcam", "scorecam", "ablationcam"),
-        attributions=("saliency",),
+        attributions=("saliency", "deeplift_smoothgrad"),
         measures=tuple(MEASURES),
         subset=4,
         tie_orders=2,

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.explain import attributions, cam
 from cxrexplain.explain.measures import consistency, localisation, ordering, sanity, statistics
 from cxrexplain.explain.measures.registry import MEASURES, MeasureBatch, MeasureOptions, columns
@@ -61,11 +62,15 @@ def measure_options(config: ExplainParams, image_size: int, seed: int) -> Measur
 def attribution_options(config: ExplainParams) -> dict[str, dict[str, object]]:
     """Per captum method, the keyword arguments of its function in :mod:`~cxrexplain.explain.attributions`."""
     a = config.attribution
-    return {
+    options: dict[str, dict[str, object]] = {
         "integrated_gradients": {"n_steps": a.ig_steps},
         "occlusion": {"window": a.occlusion_window, "stride": a.occlusion_stride},
         "gradient_shap": {"n_samples": a.shap_samples},
     }
+    smooth = {"samples": a.smoothgrad_samples, "noise": a.smoothgrad_noise}
+    for base in names.SMOOTHGRAD_BASES:
+        options[f"{base}_smoothgrad"] = {**options.get(base, {}), **smooth}
+    return options
 
 
 @dataclass
