@@ -1,4 +1,6 @@
-"""Attribution baselines through captum: saliency, integrated gradients, occlusion and gradient SHAP.
+"""Attributions through captum: the study's baselines (saliency, integrated gradients, occlusion, gradient SHAP), the
+papers' gradient methods (input × gradient, guided backpropagation, Guided Grad-CAM, DeepLIFT) and SmoothGrad over
+each gradient method (``<method>_smoothgrad``, captum's NoiseTunnel).
 
 Every method explains the study's binary target per image: the score is the logit for class 1 (Pneumonia) and minus
 the logit for class 0 (No Finding). Captum sees a forward function that returns ``sign · logit`` of shape (B,) and takes
@@ -7,8 +9,13 @@ along with the images it perturbs or interpolates.
 
 Each method in :data:`ATTRIBUTION_METHODS` returns the *raw* attribution of shape (B, H, W): signed, summed over the
 single input channel. :func:`compute_attributions` turns raw attributions into maps: the absolute value (or the
-positive part), min-max normalised per image to [0, 1]. All four methods are linear in the score, so the absolute map
-is the same for either class; the sign of the target shows only in the raw attribution and in the ``positive`` maps.
+positive part), min-max normalised per image to [0, 1]. The baselines, input × gradient and DeepLIFT are linear in
+the score, so their absolute map is the same for either class (the sign shows only in the raw attribution and in the
+``positive`` maps); guided backpropagation and Guided Grad-CAM are not (their ReLUs act on the signed gradient).
+
+DeepLIFT runs on :func:`relu_network` of the model, a ``torch.fx`` copy sharing its parameters in which every ReLU
+call is its own module and max-pooling is written with ReLUs: captum's DeepLift fails on a ReLU module called twice
+(torchvision's ResNet blocks) and its max-pool rule breaks completeness (DenseNet's stem).
 
 ``batch_size`` bounds the number of images, real, interpolated or perturbed, that go through the model in one forward
 pass: images are processed in chunks, and captum's own batching (``internal_batch_size``, ``perturbations_per_eval``)
