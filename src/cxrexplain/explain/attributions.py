@@ -263,9 +263,10 @@ class ReluMaxPool2d(nn.Module):
     """``nn.MaxPool2d`` written with ReLUs, so that DeepLIFT's Rescale rule applies to it exactly.
 
     The input is padded by replicating its edges (the window of a padded position always holds the edge it copies,
-    so the maximum is that of the valid positions, as with max-pooling's implicit −inf), unfolded into the k² values of
-    each window, and reduced as ``m ← m + ReLU(v − m)`` (``max(m, v)``) over the values in row-major order, with one
-    ReLU module per step. Forward equals ``nn.MaxPool2d`` up to rounding (``m + (v − m)`` may differ from ``v`` by an
+    so the maximum is that of the valid positions, as with max-pooling's implicit −inf), taken as k² strided views
+    (the window's value at each offset), and reduced as ``m ← m + ReLU(v − m)`` (``max(m, v)``) over the offsets in
+    row-major order, with one ReLU module per step. Forward equals ``nn.MaxPool2d`` up to rounding (``m + (v − m)``
+    may differ from ``v`` by an
     ulp). Only ``dilation=1``, ``ceil_mode=False`` and no returned indices, as every backbone here uses.
     """
 
@@ -280,17 +281,19 @@ class ReluMaxPool2d(nn.Module):
         self.steps = nn.ModuleList(nn.ReLU() for _ in range(self.kernel[0] * self.kernel[1] - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         padded = torch.nn.functional.pad(x, (pw, pw, ph, ph), mode="replicate") if ph or pw else x
-        out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
-        windows = torch.nn.functional.unfold(
-            padded.reshape(batch * channels, 1, *padded.shape[-2:]), (kh, kw), stride=(sh, sw)
-        )
-        m = windows[:, 0]
-        for j, relu in enumerate(self.steps, start=1):
-            m = m + relu(windows[:, j] - m)
-        return m.reshape(batch, channels, out_h, out_w)
+        out_h, out_w = (x.shape[-2] + 2 * ph - kh) // sh + 1, (x.shape[-1] + 2 * pw - kw) // sw + 1
+        # the window's value at offset (i, j) for every output position: a strided view (no im2col copy)
+        values = [
+            padded[..., i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        m = values[0]
+        for relu, v in zip(self.steps, values[1:], strict=True):
+            m = m + relu(v - m)
+        return m
 
 
 _RELU_FUNCTIONS = {torch.relu, torch.relu_, torch.nn.functional.relu}
