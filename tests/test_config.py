@@ -95,7 +95,7 @@ def test_allowed_names_come_from_the_registries(monkeypatch):
     names.py (torch-free), which each of those registries checks when it is imported."""
     from cxrexplain import config
     from cxrexplain.explain.attributions import ATTRIBUTION_METHODS
-    from cxrexplain.explain.cam import CAM_METHODS
+    from cxrexplain.explain.cam import CAM_METHODS, GRADIENT_CAMS
     from cxrexplain.explain.measures.registry import MEASURES
     from cxrexplain.explain.measures.sanity import MODES
     from cxrexplain.models.backbones import BACKBONES
@@ -105,7 +105,8 @@ def test_allowed_names_come_from_the_registries(monkeypatch):
     assert tuple(CAM_METHODS) == config.CAM_NAMES
     assert tuple(ATTRIBUTION_METHODS) == config.ATTRIBUTION_NAMES
     assert tuple(BACKBONES) == config.ARCHS
-    assert Params().explain.cams == tuple(CAM_METHODS)  # the default explains with every registered CAM
+    # the default explains with every gradient CAM; the perturbation CAMs (a forward pass per channel) are opt-in
+    assert Params().explain.cams == tuple(GRADIENT_CAMS) == tuple(CAM_METHODS)[: len(GRADIENT_CAMS)]
 
 
 def test_a_registry_that_disagrees_with_names_py_fails_naming_what_to_add():

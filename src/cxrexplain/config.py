@@ -187,6 +187,10 @@ class AttributionParams(_Section):
     occlusion_window: float = Field(0.125, gt=0, le=1, description="Occlusion: window side as a fraction of the image")
     occlusion_stride: float = Field(0.0625, gt=0, le=1, description="Occlusion: stride as a fraction of the image")
     shap_samples: int = Field(8, ge=1, description="GradientSHAP: random baseline/noise samples per image")
+    smoothgrad_samples: int = Field(16, ge=1, description="SmoothGrad (<method>_smoothgrad): noisy copies per image")
+    smoothgrad_noise: float = Field(
+        0.15, gt=0, le=1, description="SmoothGrad: noise standard deviation as a fraction of the pixel range [0, 1]"
+    )
 
 
 class FaithfulnessParams(_Section):
@@ -231,11 +235,22 @@ class ExplainParams(_Section):
         0.5,
         description="decision threshold (outcomes, class of the decision maps): a probability, or youden (on val)",
     )
-    cams: tuple[Literal[CAM_NAMES], ...] = Field(CAM_NAMES, min_length=1, description="CAM methods (native, batched)")
-    attributions: tuple[Literal[ATTRIBUTION_NAMES], ...] = Field(
-        ATTRIBUTION_NAMES, description="captum attribution baselines (run on the subset)"
+    cams: tuple[Literal[CAM_NAMES], ...] = Field(
+        names.GRADIENT_CAMS,
+        min_length=1,
+        description="CAM methods (native, batched); scorecam and ablationcam cost a forward pass per channel and image",
     )
-    batch_size: int = Field(16, ge=1, description="images per batch (also captum's internal batch size)")
+    attributions: tuple[Literal[ATTRIBUTION_NAMES], ...] = Field(
+        names.BASELINE_ATTRIBUTIONS,
+        description="captum attributions (run on the subset); also input_x_gradient, guided_backprop, guided_gradcam, "
+        "deeplift and <method>_smoothgrad",
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="images per batch (also captum's internal batch size and the perturbed copies per pass of "
+        "scorecam and ablationcam)",
+    )
     measures: tuple[Literal[MEASURE_NAMES], ...] = Field(
         MEASURE_NAMES, description="per-image measures of the registry (explain/measures)"
     )

@@ -32,10 +32,36 @@ PATCH_SIZES: dict[str, int] = {"vit_b_16": 16}
 """The backbones whose input side must be a multiple of a patch size (``BackboneSpec.patch`` in the registry, checked
 equal at import), so that ``config.py`` can refuse a ``train.image_size`` they cannot take without importing torch."""
 
-CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
-"""``explain/cam.py`` :data:`CAM_METHODS`."""
+GRADIENT_CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+"""``explain/cam.py`` :data:`GRADIENT_CAMS`: formulas of the feature map and its gradient, one backward per batch; the
+default of ``explain.cams``."""
 
-ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+PERTURBATION_CAMS: tuple[str, ...] = ("scorecam", "ablationcam")
+"""``explain/cam.py`` :data:`PERTURBATION_CAMS`: channel weights from the scores of perturbed copies (one forward pass
+of the model, or of the head, per channel and image); opt-in in ``explain.cams``, for their cost."""
+
+CAMS: tuple[str, ...] = GRADIENT_CAMS + PERTURBATION_CAMS
+"""``explain/cam.py`` :data:`CAM_METHODS`: both families."""
+
+BASELINE_ATTRIBUTIONS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")
+"""The study's captum baselines: the default of ``explain.attributions``."""
+
+GRADIENT_ATTRIBUTIONS: tuple[str, ...] = ("input_x_gradient", "guided_backprop", "guided_gradcam", "deeplift")
+"""Further gradient methods (the papers' comparisons); opt-in in ``explain.attributions``."""
+
+SMOOTHGRAD_BASES: tuple[str, ...] = (
+    "saliency",
+    "input_x_gradient",
+    "guided_backprop",
+    "guided_gradcam",
+    "deeplift",
+    "integrated_gradients",
+)
+"""The gradient methods that have a SmoothGrad variant ``<method>_smoothgrad`` (captum's NoiseTunnel)."""
+
+ATTRIBUTIONS: tuple[str, ...] = (
+    BASELINE_ATTRIBUTIONS + GRADIENT_ATTRIBUTIONS + tuple(f"{name}_smoothgrad" for name in SMOOTHGRAD_BASES)
+)
 """``explain/attributions.py`` :data:`ATTRIBUTION_METHODS`."""
 
 SANITY_MODES: tuple[str, ...] = ("top_down", "bottom_up", "independent")

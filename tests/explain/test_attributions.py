@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.attributions import (
-    ATTRIBUTION_METHODS,
     BLACK,
     compute_attributions,
     gradient_shap,
@@ -21,6 +21,8 @@ from cxrexplain.explain.attributions import (
 from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD, build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASELINES = names.BASELINE_ATTRIBUTIONS  # the gradient methods and SmoothGrad: test_gradient_attributions.py
 
 W = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
 X = torch.tensor([[0.5, 1.0], [-1.0, 2.0]])
@@ -143,9 +145,9 @@ def test_modes_are_restored_dropout_is_off_and_no_parameter_gradients_are_left()
     model = tiny_cnn().train()
     model[3].eval()  # a submodule in its own mode keeps it
     x = torch.randn(2, 1, 8, 8)
-    first = compute_attributions(model, x, [1, 0], list(ATTRIBUTION_METHODS), options={"gradient_shap": {"seed": 1}})
-    second = compute_attributions(model, x, [1, 0], list(ATTRIBUTION_METHODS), options={"gradient_shap": {"seed": 1}})
-    for name in ATTRIBUTION_METHODS:
+    first = compute_attributions(model, x, [1, 0], list(BASELINES), options={"gradient_shap": {"seed": 1}})
+    second = compute_attributions(model, x, [1, 0], list(BASELINES), options={"gradient_shap": {"seed": 1}})
+    for name in BASELINES:
         assert torch.equal(first[name], second[name]), name  # Dropout off while explaining
     assert model.training and model[2].training and not model[3].training
     assert all(p.grad is None for p in model.parameters())
@@ -165,8 +167,8 @@ def test_all_methods_on_resnet50_give_normalised_maps_of_the_image_size():
         "occlusion": {"window": 0.5, "stride": 0.5},
         "gradient_shap": {"n_samples": 2},
     }
-    maps = compute_attributions(model, x, [1, 0], list(ATTRIBUTION_METHODS), batch_size=4, options=options)
-    assert list(maps) == list(ATTRIBUTION_METHODS)
+    maps = compute_attributions(model, x, [1, 0], list(BASELINES), batch_size=4, options=options)
+    assert list(maps) == list(BASELINES)
     for name, m in maps.items():
         assert m.shape == (2, 32, 32), name
         assert torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1, name

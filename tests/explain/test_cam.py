@@ -43,6 +43,7 @@ from cxrexplain.config import ARCHS
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.cam import (
     CAM_METHODS,
+    GRADIENT_CAMS,
     CamResult,
     class_scores,
     compute_cams,
@@ -168,7 +169,7 @@ def case(request) -> Case:
         explained, layer, reshape = _Logits(model), model.features, None
     images = torch.randn(2, 1, size, size)
     _calibrate(model, images)
-    result = compute_cams(model, images, tuple(CAM_METHODS), target="predicted")
+    result = compute_cams(model, images, tuple(GRADIENT_CAMS), target="predicted")
     ours = feature_gradients(model, images, classes=result.classes)
     with torch.no_grad():
         features = model.features(images)
@@ -219,7 +220,7 @@ def test_gradcam_end_to_end_equals_pytorch_grad_cam_at_the_input_size(case):
     assert_close(case.result.maps["gradcam"], torch.from_numpy(case.pgc_gradcam), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in CAM_METHODS if n != "eigengradcam"])
+@pytest.mark.parametrize("name", [n for n in GRADIENT_CAMS if n != "eigengradcam"])
 def test_formula_equals_pytorch_grad_cam_at_feature_resolution(case, name):
     raw, output = _pgc_at_feature_size(case, name)
     ours = case.result.raw[name]
@@ -260,7 +261,7 @@ class _ConvHead(nn.Module):
         return self.head(self.layer(activations))
 
 
-@pytest.mark.parametrize("name", list(CAM_METHODS))
+@pytest.mark.parametrize("name", list(GRADIENT_CAMS))
 def test_formula_equals_pytorch_grad_cam_with_spatially_varying_gradients(name):
     torch.manual_seed(3)
     model = _ConvHead(8, 3).eval()
@@ -276,7 +277,7 @@ def test_formula_equals_pytorch_grad_cam_with_spatially_varying_gradients(name):
     (gradients,) = torch.autograd.grad(class_scores(model(leaf).squeeze(1), torch.tensor(classes)).sum(), leaf)
     assert_close(gradients, g, atol=1e-7, rtol=1e-5)
     assert (gradients.flatten(2).std(dim=2) > 0).any()  # G varies over positions
-    ours = CAM_METHODS[name](activations, gradients)
+    ours = GRADIENT_CAMS[name](activations, gradients)
     assert ours.amax() > 0
     if name == "eigengradcam":
         _assert_eigen_matches(gradients * activations, ours, output)
@@ -412,7 +413,7 @@ def test_class_scores_and_resolve_targets():
     with pytest.raises(CxrError, match="unknown"):
         resolve_targets(logits, "best")  # type: ignore[arg-type]
     with pytest.raises(CxrError, match="gradcam"):
-        compute_cams(_toy(), TOY_X, ("gradcam", "scorecam"))
+        compute_cams(_toy(), TOY_X, ("gradcam", "fullgrad"))
 
 
 def test_true_target_uses_the_labels():
@@ -428,7 +429,7 @@ def test_class_zero_is_explained_with_negated_gradients():
     positive = feature_gradients(model, images, classes=torch.tensor([1, 1, 1]))
     mixed = compute_cams(model, images, tuple(CAM_METHODS), classes=torch.tensor([1, 0, 1]))
     sign = torch.tensor([1.0, -1.0, 1.0])[:, None, None, None]
-    for name, method in CAM_METHODS.items():
+    for name, method in GRADIENT_CAMS.items():
         assert_close(mixed.raw[name], method(positive.activations, positive.gradients * sign), atol=0, rtol=0)
     assert torch.equal(mixed.logits, positive.logits)
 

@@ -123,8 +123,8 @@ def test_every_method_is_measured_on_the_same_images():
     labels = np.array([1, 1, 1, 0, 0, 0])
     boxes = [[[0.0, 0.0, 4.0, 4.0]], [], [[2.0, 2.0, 4.0, 4.0]], [], [], []]
     settings = ExplainParams(
-        cams=("gradcam", "layercam"),
-        attributions=("saliency",),
+        cams=("gradcam", "scorecam", "ablationcam"),
+        attributions=("saliency", "deeplift_smoothgrad"),
         measures=tuple(MEASURES),
         subset=4,
         tie_orders=2,
@@ -163,11 +163,14 @@ def test_every_method_is_measured_on_the_same_images():
     ]
     assert set(paired["measure"]) >= {"pointing", "deletion", "insertion", "increase"}
     deletion = paired[paired["measure"] == "deletion"]
-    assert (deletion["n"] == 4).all() and len(deletion) == 3 * 2  # 3 pairs × (t-test, Wilcoxon)
+    methods = [*settings.cams, *settings.attributions]
+    pairs = len(methods) * (len(methods) - 1) // 2
+    assert (deletion["n"] == 4).all() and len(deletion) == pairs * 2  # every pair × (t-test, Wilcoxon)
     assert set(paired.loc[paired["measure"] == "pointing", "test"]) == {"mcnemar"}
 
     curve = result.sanity
-    assert set(curve["method"]) == {"gradcam", "layercam", "saliency"}
+    assert set(curve["method"]) == set(methods)
+    assert set(result.raw) == set(result.decision_maps) == set(settings.cams)  # every CAM's maps for the later stages
     assert set(curve["mode"]) == {"top_down"}
 
 

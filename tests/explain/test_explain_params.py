@@ -32,6 +32,16 @@ from cxrexplain.errors import CxrError
         ({"iobb_level": 0.0}, "explain.iobb_level: Input should be greater than 0 (got 0.0)"),
         ({"pointing_tolerance": 0.5}, "explain.pointing_tolerance: Input should be less than 0.5 (got 0.5)"),
         ({"cams": []}, "explain.cams: Tuple should have at least 1 item"),
+        # SmoothGrad without noise is its base method; without samples it averages nothing
+        (
+            {"attribution": {"smoothgrad_noise": 0.0}},
+            "explain.attribution.smoothgrad_noise: Input should be greater than 0 (got 0.0)",
+        ),
+        (
+            {"attribution": {"smoothgrad_samples": 0}},
+            "explain.attribution.smoothgrad_samples: Input should be greater than or equal to 1 (got 0)",
+        ),
+        ({"attributions": ["occlusion_smoothgrad"]}, "explain.attributions.0: Input should be 'saliency'"),
     ],
 )
 def test_an_explain_setting_the_stages_would_misread_is_refused_naming_key_and_value(explain, fragment):
@@ -43,4 +53,13 @@ def test_an_explain_setting_the_stages_would_misread_is_refused_naming_key_and_v
 
 def test_youden_and_probabilities_inside_the_interval_are_accepted():
     assert validate({"explain": {"threshold": "youden"}}).explain.threshold == "youden"
+
+
+def test_the_new_methods_are_opt_in_and_accepted_by_name():
+    explain = validate({"explain": {}}).explain
+    assert "scorecam" not in explain.cams and "deeplift" not in explain.attributions
+    chosen = validate(
+        {"explain": {"cams": ["scorecam", "ablationcam"], "attributions": ["deeplift", "saliency_smoothgrad"]}}
+    ).explain
+    assert chosen.cams == ("scorecam", "ablationcam") and chosen.attributions == ("deeplift", "saliency_smoothgrad")
     assert validate({"explain": {"threshold": 0.27}}).explain.threshold == 0.27

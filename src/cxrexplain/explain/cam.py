@@ -13,11 +13,16 @@ the logits from a detached ``A`` that requires grad (``model.logits_from_cam(F, 
 attention within one image's tokens, no BatchNorm; Dropout is off in eval mode), so the gradient of the batch's summed
 score with respect to ``A_b`` is the gradient of ``y_b`` alone.
 
-The methods (:data:`CAM_METHODS`) map ``(A, G)`` of shape (B, K, h, w) to raw maps (B, h, w) at feature resolution.
-They follow pytorch-grad-cam 1.5.7 exactly (its formulas, eps values and ReLU placement: it applies a ReLU to every
+Two families share the registry :data:`CAM_METHODS`. The gradient CAMs (:data:`GRADIENT_CAMS`) map ``(A, G)`` of
+shape (B, K, h, w) to raw maps (B, h, w) at feature resolution. The perturbation CAMs (:data:`PERTURBATION_CAMS`:
+Score-CAM, Ablation-CAM) weight the channels of ``A`` by the scores of perturbed copies of each image instead, so they
+also need the model and the images: each is a :class:`PerturbationCam`, whose perturbed logits are computed in
+batches of copies (B·K forward passes of the whole model for Score-CAM, of the head alone for Ablation-CAM). Both
+follow pytorch-grad-cam 1.5.7 exactly (its formulas, eps values and ReLU placement: it applies a ReLU to every
 method's map), except for the sign of EigenGrad-CAM's principal component, which is fixed here (see
 :func:`principal_projection`). :func:`compute_cams` is the entry point: it computes ``A`` and ``G`` once per batch
-and returns, per method, the raw maps and the maps upsampled to the input size and min-max normalised per image.
+(and each perturbation CAM's logits once) and returns, per method, the raw maps and the maps upsampled to the input
+size and min-max normalised per image.
 
 With the study's head on a CNN, which average-pools ``A`` first, ``G_k,ij = (1/hw) ∂y/∂p_k`` does not depend on the
 position: HiResCAM then equals Grad-CAM (up to rounding) and XGrad-CAM equals it up to its eps; Layer-CAM becomes
@@ -96,6 +101,7 @@ class CamInputs:
     gradients: torch.Tensor  # (B, K, h, w), of each image's own score
     logits: torch.Tensor  # (B,), detached
     classes: torch.Tensor  # (B,) long: 1 = Pneumonia (score z), 0 = No Finding (score −z)
+    features: torch.Tensor | None = None  # F = features(x), detached: A itself for a CNN, the token map for a ViT
 
 
 @contextlib.contextmanager
@@ -151,7 +157,7 @@ def feature_gradients(
             else:
                 chosen = _check_classes(torch.as_tensor(classes), logits.shape[0], "classes").to(logits.device)
             (gradients,) = torch.autograd.grad(class_scores(logits, chosen).sum(), activations)
-    return CamInputs(activations.detach(), gradients, logits.detach(), chosen)
+    return CamInputs(activations.detach(), gradients, logits.detach(), chosen, features.detach())
 
 
 # ------------------------------------------------------------------------------------------------------- methods
@@ -242,9 +248,9 @@ def eigengradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Te
     return torch.relu(principal_projection(gradients * activations))
 
 
-CAM_METHODS: dict[str, CamMethod] = names.registered(
-    "CAM_METHODS",
-    names.CAMS,
+GRADIENT_CAMS: dict[str, CamMethod] = names.registered(
+    "GRADIENT_CAMS",
+    names.GRADIENT_CAMS,
     {
         "gradcam": gradcam,
         "gradcampp": gradcampp,
@@ -254,7 +260,117 @@ CAM_METHODS: dict[str, CamMethod] = names.registered(
         "eigengradcam": eigengradcam,
     },
 )
-"""The CAM methods by name; adding one is a function of ``(A, G)``, an entry here and its name in ``names.CAMS``."""
+"""The gradient CAMs by name; adding one is a function of ``(A, G)``, an entry here and its name in
+``names.GRADIENT_CAMS``."""
+
+
+# ------------------------------------------------------------------------------------- perturbation CAMs
+
+
+def _logits_from_cam(model: Classifier, features: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """The logits (B,) of the model whose CAM layer outputs ``activations`` A, given ``features`` F = features(x).
+
+    :meth:`Classifier.logits_from_cam`: for a CNN A = F and the logits are ``head(A)``; a ViT's A is its last block's
+    ``ln_1`` token map, and the block's residual needs F too. The one place the perturbation CAMs reach the model above
+    the CAM layer."""
+    return model.logits_from_cam(features, activations)
+
+
+def _pairs(batch: int, channels: int, size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(image, channel) index pairs of a (batch, channels) grid in image-major order, ``size`` pairs at a time."""
+    flat = torch.arange(batch * channels, device=device)
+    for part in flat.split(size):
+        yield part // channels, part % channels
+
+
+def ablation_logits(
+    model: Classifier, images: torch.Tensor, features: torch.Tensor, activations: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``z_k``: the logit of each image with channel k of its feature map set to 0, (B, K); ``batch_size`` ablated
+    copies go through the head at a time (the head only: ``images`` are not needed)."""
+    batch, channels = activations.shape[:2]
+    out = activations.new_empty(batch, channels)
+    for rows, ks in _pairs(batch, channels, batch_size, activations.device):
+        ablated = activations[rows].clone()
+        ablated[torch.arange(len(rows), device=ablated.device), ks] = 0
+        out[rows, ks] = _logits_from_cam(model, features[rows], ablated)
+    return out
+
+
+def ablation_weights(channel_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``w_k = (y − y_k) / y``: the relative drop of the explained score; 0 where ``y = 0`` (no relative drop)."""
+    y = scores[:, None]
+    return torch.where(y != 0, (y - channel_scores) / torch.where(y != 0, y, torch.ones_like(y)), 0.0)
+
+
+def score_logits(
+    model: Classifier, images: torch.Tensor, features: torch.Tensor, activations: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``z_k``: the logit of each image multiplied by its channel k's mask, (B, K); ``batch_size`` masked images go
+    through the whole model at a time. The mask ``M_k`` is ``A_k`` upsampled bilinearly to the input size with
+    ``align_corners=True`` (pytorch-grad-cam's ``UpsamplingBilinear2d``; the maps elsewhere use ``False``) and
+    min-max scaled to [0, 1] with ``+1e-8`` in the denominator; masks are made per batch, never all at once."""
+    batch, channels = activations.shape[:2]
+    size = images.shape[-2:]
+    out = activations.new_empty(batch, channels)
+    for rows, ks in _pairs(batch, channels, batch_size, activations.device):
+        masks = F.interpolate(activations[rows, ks][:, None], size=size, mode="bilinear", align_corners=True)
+        flat = masks.flatten(1)
+        low, high = flat.amin(dim=1)[:, None, None, None], flat.amax(dim=1)[:, None, None, None]
+        masks = (masks - low) / (high - low + 1e-8)
+        out[rows, ks] = model(images[rows] * masks).reshape(-1)
+    return out
+
+
+def score_weights(channel_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``w_k = softmax_k(y_k)``: the explained scores of the masked images, normalised over the channels."""
+    return torch.softmax(channel_scores, dim=1)
+
+
+@dataclass(frozen=True)
+class PerturbationCam:
+    """A CAM whose channel weights come from the scores of perturbed copies of each image.
+
+    ``channel_logits(model, images, F, A, batch_size)`` returns ``z_k`` (B, K): the logit with channel k perturbed;
+    ``weights(y_k, y)`` turns the explained class's scores (``y_k = ±z_k``, ``y = ±z``, the sign of the class) into
+    channel weights (B, K); the map is ``ReLU(Σ_k w_k A_k)``. The logits are computed once for both explained classes.
+    """
+
+    channel_logits: Callable[[Classifier, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+    weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def maps(self, activations: torch.Tensor, logits: torch.Tensor, channel_logits: torch.Tensor, sign: torch.Tensor):
+        """Raw maps (B, h, w) for the class whose score is ``sign · z`` per image (``sign`` (B,) of ±1)."""
+        weights = self.weights(channel_logits * sign[:, None], logits * sign)
+        return _weighted_sum(weights, activations)
+
+
+PERTURBATION_CAMS: dict[str, PerturbationCam] = names.registered(
+    "PERTURBATION_CAMS",
+    names.PERTURBATION_CAMS,
+    {
+        "scorecam": PerturbationCam(score_logits, score_weights),
+        "ablationcam": PerturbationCam(ablation_logits, ablation_weights),
+    },
+)
+"""Score-CAM (Wang et al., 2020) and Ablation-CAM (Desai & Ramaswamy, 2020), as pytorch-grad-cam 1.5.7's ``ScoreCAM``
+and ``AblationCAM`` (default ``ratio_channels_to_ablate=1``), batched over images and channels:
+
+- Score-CAM: ``w_k = softmax_k(y(x ⊙ M_k))``, ``M_k`` channel k upsampled to the input and min-max scaled
+  (:func:`score_logits`); B·K forward passes of the whole model. The inputs are in the network's normalised units, so
+  masking moves a pixel towards 0, the mean gray (0.449), as pytorch-grad-cam does with normalised inputs.
+- Ablation-CAM: ``w_k = (y − y_k) / y`` with ``y_k`` the score with ``A_k := 0`` (:func:`ablation_logits`); B·K
+  passes of the head only. pytorch-grad-cam ablates to 0 only when the smallest activation of the batch is 0 (else
+  to ``min − 1e7``); every backbone's CAM layer here ends in a ReLU, whose maps hold zeros, so both ablate to 0.
+  With the single logit, class 0's ``y = −z`` gives the same weights as class 1's: ``(−z + z_k) / (−z)``, so the
+  two classes' Ablation-CAMs are equal (the ratio's sign flips with the score's).
+"""
+
+CAM_METHODS: dict[str, CamMethod | PerturbationCam] = names.registered(
+    "CAM_METHODS", names.CAMS, {**GRADIENT_CAMS, **PERTURBATION_CAMS}
+)
+"""Every CAM by name, both families: :data:`GRADIENT_CAMS` (functions of ``(A, G)``) and :data:`PERTURBATION_CAMS`
+(:class:`PerturbationCam`, which need the model and the images). :func:`compute_cams` runs either."""
 
 
 # ------------------------------------------------------------------------------------------ maps and entry point
@@ -284,6 +400,45 @@ class CamResult:
     maps: Mapping[str, torch.Tensor]  # method -> (B, H, W) in [0, 1], max 1 unless the map is constant (then zeros)
 
 
+def _check_methods(methods: Sequence[str]) -> None:
+    unknown = [name for name in methods if name not in CAM_METHODS]
+    if unknown:
+        raise CxrError(f"CAM methods {unknown}: unknown (available: {', '.join(CAM_METHODS)})")
+
+
+def _perturbation_logits(
+    model: Classifier, images: torch.Tensor, inputs: CamInputs, methods: Sequence[str], batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Per perturbation CAM among ``methods``, its ``z_k`` (B, K) (:class:`PerturbationCam`), in eval mode."""
+    wanted = [name for name in dict.fromkeys(methods) if name in PERTURBATION_CAMS]
+    if not wanted:
+        return {}
+    if batch_size < 1:
+        raise CxrError(f"CAM batch size must be >= 1, got {batch_size}")
+    activations = inputs.activations
+    features = inputs.features if inputs.features is not None else activations  # F = features(x)
+    with evaluating(model), torch.inference_mode(False), torch.no_grad():
+        x = images.to(activations.device)
+        return {
+            name: PERTURBATION_CAMS[name].channel_logits(model, x, features, activations, batch_size) for name in wanted
+        }
+
+
+def _raw_map(
+    name: str,
+    inputs: CamInputs,
+    gradients: torch.Tensor,
+    classes: torch.Tensor,
+    channel_logits: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Method ``name``'s raw maps (B, h, w) explaining ``classes``, whose gradients are ``gradients``."""
+    method = CAM_METHODS[name]
+    if isinstance(method, PerturbationCam):
+        sign = torch.where(classes == 1, 1.0, -1.0).to(inputs.logits.dtype)
+        return method.maps(inputs.activations, inputs.logits, channel_logits[name], sign)
+    return method(inputs.activations, gradients)
+
+
 def compute_cams(
     model: Classifier,
     images: torch.Tensor,
@@ -291,23 +446,24 @@ def compute_cams(
     classes: torch.Tensor | None = None,
     target: Target = "predicted",
     labels: torch.Tensor | None = None,
+    batch_size: int = 16,
 ) -> CamResult:
     """CAMs of ``images`` (B, 1, H, W) for each of ``methods`` (names in :data:`CAM_METHODS`), on the model's device.
 
     Each image is explained for its own class: ``classes`` if given (0/1 per image), else the prediction
     (``target="predicted"``) or ``labels`` (``target="true"``). ``A`` and ``G`` are computed once for all methods
-    (:func:`feature_gradients`); each raw map is upsampled to (H, W) and then min-max normalised per image.
+    (:func:`feature_gradients`); each raw map is upsampled to (H, W) and then min-max normalised per image. The
+    perturbation CAMs (:data:`PERTURBATION_CAMS`) score ``batch_size`` perturbed copies per forward pass.
     """
-    unknown = [name for name in methods if name not in CAM_METHODS]
-    if unknown:
-        raise CxrError(f"CAM methods {unknown}: unknown (available: {', '.join(CAM_METHODS)})")
+    _check_methods(methods)
     inputs = feature_gradients(model, images, classes=classes, target=target, labels=labels)
+    channel_logits = _perturbation_logits(model, images, inputs, methods, batch_size)
     size = (images.shape[-2], images.shape[-1])
     raw: dict[str, torch.Tensor] = {}
     maps: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name in dict.fromkeys(methods):
-            raw[name] = CAM_METHODS[name](inputs.activations, inputs.gradients)
+            raw[name] = _raw_map(name, inputs, inputs.gradients, inputs.classes, channel_logits)
             maps[name] = normalise(upsample(raw[name], size))
     return CamResult(inputs.logits, inputs.classes, raw, maps)
 
@@ -327,6 +483,7 @@ def compute_pneumonia_and_decision_cams(
     methods: Sequence[str],
     classes: torch.Tensor | Sequence[int] | None = None,
     threshold: float = 0.5,
+    batch_size: int = 16,
 ) -> TwoClassCams:
     """CAMs of class 1 (Pneumonia) for every image, and of ``classes[i]`` (the decision) for image ``i``.
 
@@ -337,13 +494,13 @@ def compute_pneumonia_and_decision_cams(
     One feature pass: with the single-logit head, the score of class 0 is ``−z``, so its gradient is ``−G`` of
     class 1's (exactly; autograd of a negation). The class-1 maps are the ones localisation is scored on (the boxes
     mark Pneumonia whatever the model predicts); the decision maps are the ones faithfulness is scored on. Equal to
-    two calls of :func:`compute_cams` (tested).
+    two calls of :func:`compute_cams` (tested). The perturbation CAMs' perturbed logits are likewise computed once
+    (``batch_size`` copies per forward pass) and weighted for each class.
     """
-    unknown = [name for name in methods if name not in CAM_METHODS]
-    if unknown:
-        raise CxrError(f"CAM methods {unknown}: unknown (available: {', '.join(CAM_METHODS)})")
+    _check_methods(methods)
     ones = torch.ones(images.shape[0], dtype=torch.long)
     inputs = feature_gradients(model, images, classes=ones)
+    channel_logits = _perturbation_logits(model, images, inputs, methods, batch_size)
     if classes is None:
         chosen = (torch.sigmoid(inputs.logits.double()) > threshold).long()
     else:
@@ -354,7 +511,9 @@ def compute_pneumonia_and_decision_cams(
     results = []
     with torch.no_grad():
         for gradients, explained in ((inputs.gradients, inputs.classes), (inputs.gradients * sign, chosen)):
-            raw = {name: CAM_METHODS[name](inputs.activations, gradients) for name in dict.fromkeys(methods)}
+            raw = {
+                name: _raw_map(name, inputs, gradients, explained, channel_logits) for name in dict.fromkeys(methods)
+            }
             maps = {name: normalise(upsample(r, size)) for name, r in raw.items()}
             results.append(CamResult(inputs.logits, explained, raw, maps))
     return TwoClassCams(inputs.logits, results[0], results[1])

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrexplain import names
 from cxrexplain.explain import attributions, cam
 from cxrexplain.explain.measures import consistency, localisation, ordering, sanity, statistics
 from cxrexplain.explain.measures.registry import MEASURES, MeasureBatch, MeasureOptions, columns
@@ -61,11 +62,15 @@ def measure_options(config: ExplainParams, image_size: int, seed: int) -> Measur
 def attribution_options(config: ExplainParams) -> dict[str, dict[str, object]]:
     """Per captum method, the keyword arguments of its function in :mod:`~cxrexplain.explain.attributions`."""
     a = config.attribution
-    return {
+    options: dict[str, dict[str, object]] = {
         "integrated_gradients": {"n_steps": a.ig_steps},
         "occlusion": {"window": a.occlusion_window, "stride": a.occlusion_stride},
         "gradient_shap": {"n_samples": a.shap_samples},
     }
+    smooth = {"samples": a.smoothgrad_samples, "noise": a.smoothgrad_noise}
+    for base in names.SMOOTHGRAD_BASES:
+        options[f"{base}_smoothgrad"] = {**options.get(base, {}), **smooth}
+    return options
 
 
 @dataclass
@@ -165,7 +170,9 @@ def explain_images(
     logit_parts: list[torch.Tensor] = []
     cam_parts: list[cam.TwoClassCams] = []
     for part in _batches(n, config.batch_size):
-        result = cam.compute_pneumonia_and_decision_cams(model, images[part], config.cams, threshold=threshold)
+        result = cam.compute_pneumonia_and_decision_cams(
+            model, images[part], config.cams, threshold=threshold, batch_size=config.batch_size
+        )
         logit_parts.append(result.logits)
         cam_parts.append(result)
         advance(part.stop - part.start)
@@ -296,7 +303,7 @@ def _sanity(
         cams = tuple(config.cams)
 
         def all_cams(m: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            maps = cam.compute_cams(m, x, cams, classes=c).maps
+            maps = cam.compute_cams(m, x, cams, classes=c, batch_size=config.batch_size).maps
             return torch.cat([maps[name] for name in cams])
 
         stacked = sanity.randomisation_curve(model, images, classes, all_cams, seed=seed, modes=modes, methods=cams)
@@ -315,7 +322,9 @@ def signed_explainer(
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``explain_fn(model, images, classes) -> signed maps``: CAM maps (non-negative), raw captum attributions."""
     if method in cam.CAM_METHODS:
-        return lambda model, x, c: cam.compute_cams(model, x, (method,), classes=c).maps[method]
+        return lambda model, x, c: cam.compute_cams(model, x, (method,), classes=c, batch_size=config.batch_size).maps[
+            method
+        ]
 
     def explain(model: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         fn = attributions.ATTRIBUTION_METHODS[method]
