@@ -228,3 +228,14 @@ def test_every_new_method_gives_normalised_maps_restores_modes_and_leaves_no_par
     for name, m in maps.items():
         assert m.shape == (3, 12, 12) and torch.isfinite(m).all() and (m.flatten(1).amax(dim=1) == 1).all(), name
     assert all(m.training for m in model.modules()) and all(p.grad is None for p in model.parameters())
+
+
+def test_guided_gradcam_refuses_the_vit_whose_cam_map_is_not_a_module_output():
+    """captum's GuidedGradCam hooks a module's output as the CAM layer; the ViT's CAM map is computed from its token
+    map (``cam_input``), so it would explain the wrong tensor: refused, naming the backbone, never a wrong map."""
+    from cxrexplain.errors import CxrError
+    from cxrexplain.models.backbones import build_classifier
+
+    model = build_classifier("vit_b_16", image_size=32)
+    with pytest.raises(CxrError, match="guided_gradcam: .*vit_b_16's CAM map is computed from its token map"):
+        guided_gradcam(model, torch.randn(1, 1, 32, 32), torch.tensor([1]))

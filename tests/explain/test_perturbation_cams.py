@@ -172,3 +172,38 @@ def test_modes_are_restored_and_no_parameter_gradients_are_left():
     compute_cams(model, torch.randn(2, 1, 32, 32), tuple(PERTURBATION_CAMS))
     assert all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_ablation_cam_on_the_vit_ablates_its_token_map_as_torchvisions_own_forward_would():
+    """The ViT's CAM layer is its last block's ``ln_1`` output (patch tokens as a grid): an ablated channel must give
+    the logit torchvision's own ViT gives with that channel of ``ln_1``'s patch tokens set to 0 (a forward hook: an
+    oracle independent of ``logits_from_cam``); checked on a sample of the 768 channels. (pgc's ``AblationLayerVit``
+    ablates to ``min − 1e7`` where A has negative values, and the class token too: a convention, not compared.)"""
+    from cxrexplain.models.backbones import BACKBONES, from_torchvision
+
+    torch.manual_seed(0)
+    reference = BACKBONES["vit_b_16"].torchvision_model(32).eval()
+    model = from_torchvision("vit_b_16", reference).eval()
+    reference.heads = model.head
+    images = torch.randn(2, 1, 32, 32)
+    inputs = feature_gradients(model, images, classes=torch.tensor([1, 0]))
+    logits = ablation_logits(model, images, inputs.features, inputs.activations, 512)
+    assert logits.shape == (2, 768)
+    channel = {}
+
+    def ablate(module, args, output):
+        output = output.clone()
+        output[:, 1:, channel["k"]] = 0  # the patch tokens' channel k; the class token kept
+        return output
+
+    handle = reference.encoder.layers[-1].ln_1.register_forward_hook(ablate)
+    try:
+        for k in (0, 5, 300, 767):
+            channel["k"] = k
+            with torch.no_grad():
+                expected = reference(images).squeeze(1)  # its first convolution is the gray one (shared)
+            assert_close(logits[:, k], expected, atol=1e-4, rtol=1e-4)
+    finally:
+        handle.remove()
+    maps = compute_cams(model, images, ("ablationcam",), classes=torch.tensor([1, 0]), batch_size=512)
+    assert maps.raw["ablationcam"].shape == (2, 2, 2) and torch.isfinite(maps.maps["ablationcam"]).all()

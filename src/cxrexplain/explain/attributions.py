@@ -43,7 +43,7 @@ from torch import nn
 from cxrexplain import names
 from cxrexplain.errors import CxrError
 from cxrexplain.explain.cam import evaluating, normalise
-from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD
+from cxrexplain.models.backbones import GRAY_MEAN, GRAY_STD, Classifier
 
 BLACK: float = -GRAY_MEAN / GRAY_STD
 """A black pixel (0 in [0, 1]) in the normalised units the model sees: ``(0 - GRAY_MEAN) / GRAY_STD`` ≈ -1.987."""
@@ -384,6 +384,12 @@ def _make_guided_gradcam(model: nn.Module, batch_size: int) -> Made:
     layer = getattr(model, "features", None)
     if not isinstance(layer, nn.Module):
         raise CxrError("guided_gradcam: the model has no CAM layer (a Classifier's `features`)")
+    if type(model).cam_input is not Classifier.cam_input:  # the CAM map is not `features`' output (a ViT's token map)
+        raise CxrError(
+            f"guided_gradcam: captum's GuidedGradCam takes the CAM layer as a module's output, but "
+            f"{getattr(model, 'arch', type(model).__name__)}'s CAM map is computed from its token map: not supported "
+            "for it (leave guided_gradcam out of explain.attributions for this backbone)"
+        )
     signed = _SignedModel(model)
     return _captum().GuidedGradCam(signed, signed.model.features), {"interpolate_mode": "bilinear"}, 1
 
