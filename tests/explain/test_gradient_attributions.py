@@ -237,5 +237,5 @@ def test_guided_gradcam_refuses_the_vit_whose_cam_map_is_not_a_module_output():
     from cxrexplain.models.backbones import build_classifier
 
     model = build_classifier("vit_b_16", image_size=32)
-    with pytest.raises(CxrError, match="guided_gradcam: .*vit_b_16's CAM map is computed from its token map"):
+    with pytest.raises(CxrError, match=r"guided_gradcam: .*vit_b_16's CAM map is computed from its token map"):
         guided_gradcam(model, torch.randn(1, 1, 32, 32), torch.tensor([1]))
