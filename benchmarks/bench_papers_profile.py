@@ -1,7 +1,7 @@
 """The `papers` profile's pipeline, proven to run on a CPU at toy scale: every backbone and method of the profile,
 trained one epoch on a tiny synthetic cohort, through `dvc repro` in a fresh copy of the repository; one table.
 
-    python benchmarks/bench_papers_profile.py [--size 64] [--per-class 16] [--keep DIR]
+    python benchmarks/bench_papers_profile.py [--size 64] [--per-class 24] [--keep DIR]
 
 The profile (`cxrexplain params --profile papers`) is the GPU run of the papers this project answers: seven backbones
 (ResNet-50/101, DenseNet-121/161, EfficientNet-B0, VGG16, ViT-B/16) and their explanation methods. Here its backbones,
@@ -92,7 +92,9 @@ def cpu_scale(params: dict, size: int, per_class: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="cache and network input side (a multiple of 16)")
-    parser.add_argument("--per-class", type=int, default=16)
+    parser.add_argument(
+        "--per-class", type=int, default=24, help="images per class (at least 20: the split stratifies 20 folds)"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it")
     args = parser.parse_args()
     console = Console()

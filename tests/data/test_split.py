@@ -129,6 +129,16 @@ def test_too_few_patients_for_the_folds_is_a_clear_error():
         assign_splits(index, train=0.7, val=0.15, test=0.15)
 
 
+def test_a_class_too_small_for_the_stratified_folds_is_a_clear_error_not_scikit_learns():
+    """Enough patients but 16 Pneumonia images for 20 folds: scikit-learn raised a ValueError (a traceback in the
+    split stage, found running the papers profile at toy scale); now a CxrError naming the counts and the fix."""
+    rows = [(f"{k:08d}_000.png", str(k), int(k < 16)) for k in range(40)]
+    index = pd.DataFrame(rows, columns=["image", "patient", "label"])
+    for group_by in ("patient", "image"):
+        with pytest.raises(CxrError, match=r"Pneumonia: 16 images\) cannot be stratified into 20 folds"):
+            assign_splits(index, train=0.7, val=0.15, test=0.15, group_by=group_by)
+
+
 def test_an_official_test_list_that_matches_nothing_is_an_error_naming_it():
     index = cohort()
     with pytest.raises(CxrError, match=r"raw/test_list\.txt: none of its 2 image names, e\.g\. 99999999_000\.png"):

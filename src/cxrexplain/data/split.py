@@ -55,6 +55,16 @@ def _assign_folds(
             f"split: {n_groups} {'patients' if by_group else 'images'} cannot be cut into {k} folds for the fractions "
             f"{dict(fractions)}; sample more images (sample.per_class) or use rounder fractions"
         )
+    classes, members = np.unique(labels, return_counts=True)
+    if members.min() < k:  # scikit-learn's stratified folds need k images of every class (else a ValueError)
+        counts = ", ".join(
+            f"{'Pneumonia' if c == 1 else 'negative'}: {m}" for c, m in zip(classes, members, strict=True)
+        )
+        raise CxrError(
+            f"split: the cohort's classes ({counts} images) cannot be stratified into {k} folds for the fractions "
+            f"{dict(fractions)}: at least {k} images of each class are needed; sample more images (sample.per_class) "
+            "or use rounder fractions"
+        )
     splitter = (
         StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         if by_group
