@@ -22,29 +22,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from timing import timed
 
 from cxrexplain.config import ARCHS
 from cxrexplain.explain.cam import compute_cams
 from cxrexplain.models.backbones import build_classifier
 
 TARGET = 1.15  # the bound on Grad-CAM's cost in forward passes
-
-
-def _timed(call: Callable[[], object], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def train_rate(arch: str, size: int, batch: int, steps: int, device: str) -> float:
@@ -60,7 +49,7 @@ def train_rate(arch: str, size: int, batch: int, steps: int, device: str) -> flo
         torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
         optimiser.step()
 
-    times = [_timed(step, device) for _ in range(steps + 1)]
+    times = [timed(step, device) for _ in range(steps + 1)]
     return batch / float(np.median(times[1:]))
 
 
@@ -79,8 +68,8 @@ def inference_costs(arch: str, size: int, batch: int, repeats: int, device: str)
 
     forwards, cams = [], []
     for _ in range(repeats + 1):
-        forwards.append(_timed(forward, device))
-        cams.append(_timed(gradcam, device))
+        forwards.append(timed(forward, device))
+        cams.append(timed(gradcam, device))
     parameters = sum(p.numel() for p in model.parameters())
     return parameters, float(np.median(forwards[1:])), float(np.median(cams[1:]))
 

@@ -39,6 +39,7 @@ from captum.attr import LayerGradCam
 from pytorch_grad_cam import GradCAM
 from rich.console import Console
 from rich.table import Table
+from timing import timed
 from torch import nn
 
 from cxrexplain.config import ARCHS
@@ -123,13 +124,7 @@ def bench_arch(
 def once(call: Callable[[], object], device: str) -> float:
     """Wall time of one call after one warm-up call."""
     call()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return timed(call, device)
 
 
 def bench_measures(arch: str, size: int, n: int, device: str, steps: int, orders: int) -> list[tuple[str, str, float]]:

@@ -16,12 +16,11 @@ Nothing here is asserted by the tests; on a shared CPU say how loaded the machin
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
+from timing import timed
 
 from cxrexplain import names
 from cxrexplain.config import ARCHS
@@ -60,16 +59,6 @@ def passes(method: str, channels: int, samples: int, ig_steps: int) -> str:
         "deeplift": "2 F + 2 B (input, baseline)",
         "integrated_gradients": f"{ig_steps} F + {ig_steps} B",
     }.get(method, "")
-
-
-def timed(call: Callable[[], object], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_arch(
