@@ -73,6 +73,12 @@ def test_profiles_validate_and_use_synthetic_data(profile):
             "patch size, 16 px",
         ),
         ({"model": {"archs": "resnet50"}}, "model.archs: Input should be a valid tuple"),
+        (
+            {"model": {"archs": ["efficientnet_b0", "vit_b_16"]}, "explain": {"attributions": ["deeplift"]}},
+            "explain.attributions: deeplift applies to none of model.archs (efficientnet_b0, vit_b_16): "
+            "efficientnet_b0's backbone has no ReLU (its activation is SiLU): captum's DeepLIFT rules cover ReLU "
+            "networks only; vit_b_16's backbone has no ReLU (its activation is GELU)",
+        ),
         ({"explain": {"cams": ["gradcam", "gradcam"]}}, "explain.cams: names must be distinct: gradcam repeated"),
         ({"explain": {"measures": ["road", "road"]}}, "explain.measures: names must be distinct: road repeated"),
         ({"explain": {"measures": ["roc"]}}, "explain.measures.0: Input should be 'pointing'"),
@@ -88,6 +94,12 @@ def test_invalid_params_name_the_key(raw, fragment):
         validate(raw, "params.yaml")
     assert fragment in str(info.value)
     assert str(info.value).startswith("params.yaml: invalid parameters")
+
+
+def test_a_method_that_applies_to_one_of_the_archs_is_accepted():
+    """Skipped on the others by the explain stage (tests/explain/test_explain_pipeline.py), not refused."""
+    raw = {"model": {"archs": ["vit_b_16", "resnet18"]}, "explain": {"attributions": ["deeplift", "guided_gradcam"]}}
+    assert validate(raw, "params.yaml").explain.attributions == ("deeplift", "guided_gradcam")
 
 
 def test_allowed_names_come_from_the_registries(monkeypatch):

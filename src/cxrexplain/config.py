@@ -335,6 +335,19 @@ class Params(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _methods_apply_to_some_arch(self) -> Params:
+        """A method that applies to none of ``model.archs`` would explain nothing: refused, with the reason. One that
+        applies to some is skipped on the others and recorded (``names.not_applicable``)."""
+        for method in self.explain.attributions:
+            reasons = [names.not_applicable(arch, (method,)).get(method) for arch in self.model.archs]
+            if all(reasons):
+                raise ValueError(
+                    f"explain.attributions: {method} applies to none of model.archs "
+                    f"({', '.join(self.model.archs)}): {'; '.join(dict.fromkeys(reasons))}"
+                )
+        return self
+
     @property
     def primary_seed(self) -> int:
         """The first training seed: the run the report details (galleries, per-method tables, consistency)."""

@@ -13,7 +13,7 @@ copy: it imports torch only when a measure is computed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 ARCHS: tuple[str, ...] = (
@@ -31,6 +31,20 @@ ARCHS: tuple[str, ...] = (
 PATCH_SIZES: dict[str, int] = {"vit_b_16": 16}
 """The backbones whose input side must be a multiple of a patch size (``BackboneSpec.patch`` in the registry, checked
 equal at import), so that ``config.py`` can refuse a ``train.image_size`` they cannot take without importing torch."""
+
+ACTIVATIONS: dict[str, str] = {
+    "resnet50": "ReLU",
+    "densenet121": "ReLU",
+    "resnet18": "ReLU",
+    "resnet101": "ReLU",
+    "densenet161": "ReLU",
+    "efficientnet_b0": "SiLU",
+    "vgg16": "ReLU",
+    "vit_b_16": "GELU",
+}
+"""Each backbone's non-linearity (``BackboneSpec.activation`` in the registry, checked equal at import; that the
+torchvision modules have exactly it is tested); the study's head, the same on every backbone, adds one ReLU. It decides
+where the methods defined through ReLU (:data:`RELU_METHODS`) apply, without importing torch."""
 
 GRADIENT_CAMS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
 """``explain/cam.py`` :data:`GRADIENT_CAMS`: formulas of the feature map and its gradient, one backward per batch; the
@@ -63,6 +77,33 @@ ATTRIBUTIONS: tuple[str, ...] = (
     BASELINE_ATTRIBUTIONS + GRADIENT_ATTRIBUTIONS + tuple(f"{name}_smoothgrad" for name in SMOOTHGRAD_BASES)
 )
 """``explain/attributions.py`` :data:`ATTRIBUTION_METHODS`."""
+
+RELU_METHODS: dict[str, str] = {
+    "guided_backprop": "guided backpropagation changes only ReLU's backward pass: only the head's ReLU would be "
+    "guided, and the backbone would pass the plain gradient",
+    "guided_gradcam": "its guided-backpropagation factor changes only ReLU's backward pass: only the head's ReLU "
+    "would be guided, and the backbone would pass the plain gradient",
+    "deeplift": "captum's DeepLIFT rules cover ReLU networks only",
+}
+"""The attribution methods defined through ReLU, and why they do not apply to a backbone without one (their
+``<method>_smoothgrad`` variants alike)."""
+
+
+def not_applicable(arch: str, methods: Sequence[str]) -> dict[str, str]:
+    """Of ``methods``, those that do not apply to backbone ``arch``, each with the reason: the :data:`RELU_METHODS`
+    (and their SmoothGrad variants) on a backbone whose :data:`ACTIVATIONS` entry is not ReLU. The explain stage skips
+    them for that backbone and records why (``not_applicable`` in its metrics); every other method applies to every
+    backbone."""
+    activation = ACTIVATIONS[arch]
+    if activation == "ReLU":
+        return {}
+    out = {}
+    for method in methods:
+        reason = RELU_METHODS.get(method.removesuffix("_smoothgrad"))
+        if reason is not None:
+            out[method] = f"{arch}'s backbone has no ReLU (its activation is {activation}): {reason}"
+    return out
+
 
 SANITY_MODES: tuple[str, ...] = ("top_down", "bottom_up", "independent")
 """``explain/measures/sanity.py`` :data:`MODES`: the model randomisation orders."""

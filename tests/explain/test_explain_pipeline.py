@@ -3,6 +3,7 @@ the files it writes, the metrics JSON, the threshold; no DVC, no MLflow."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from cxrexplain.config import ExplainParams, FaithfulnessParams, GalleryParams, 
 from cxrexplain.data.datamodule import read_split
 from cxrexplain.data.sample import load_cache
 from cxrexplain.errors import CxrError
+from cxrexplain.evaluation import report
+from cxrexplain.evaluation.document import Document
 from cxrexplain.explain import pipeline
 from cxrexplain.models.backbones import Classifier
 from cxrexplain.workspace import ExplainFiles
@@ -97,6 +100,18 @@ def test_explain_split_save_and_metrics(cached, tmp_path):
     assert grad["data_randomisation"] == data["gradcam"] and isinstance(grad["sanity"]["passes"], bool)
     assert metrics["settings"]["tie_orders"] == 2 and metrics["settings"]["data_randomisation"] is True
 
+    assert metrics["not_applicable"] == {}  # every configured method ran
+
+    # a method skipped for the backbone (explain_trained: applicable_config) is recorded and the report says why
+    skipped = pipeline.explain_metrics(
+        replace(e, not_applicable={"deeplift": "toy has no ReLU"}), config, arch="toy", source="synthetic"
+    )
+    assert skipped["not_applicable"] == {"deeplift": "toy has no ReLU"} and "deeplift" not in skipped["methods"]
+    doc = Document("t")
+    report.explanations(doc, {"toy": skipped}, {}, {})
+    said = [text for kind, text in doc.blocks if kind == "paragraph" and "not run on toy" in str(text)]
+    assert said == ["Configured but not run on toy, because they do not apply to it: deeplift (toy has no ReLU)."]
+
     flat = pipeline.mlflow_metrics(metrics)
     assert flat["explain/gradcam/pointing"] == grad["pointing"]["mean"]
     assert all(k.count("/") == 2 and not math.isnan(v) for k, v in flat.items())
@@ -132,3 +147,15 @@ def test_a_split_without_images_is_a_clear_error(cached, tmp_path):
     _, rows = cached
     with pytest.raises(CxrError, match=r"split.csv: no val images to explain"):
         pipeline.split_rows(rows, "val", tmp_path / "split.csv")
+
+
+def test_methods_that_do_not_apply_to_a_backbone_are_left_out_with_the_reason():
+    config = ExplainParams(attributions=("saliency", "deeplift", "guided_backprop_smoothgrad", "guided_gradcam"))
+    for arch in ("efficientnet_b0", "vit_b_16"):
+        kept, skipped = pipeline.applicable_config(config, arch)
+        assert kept.attributions == ("saliency",) and kept.cams == config.cams
+        assert list(skipped) == ["deeplift", "guided_backprop_smoothgrad", "guided_gradcam"]
+        assert all(reason.startswith(f"{arch}'s backbone has no ReLU") for reason in skipped.values())
+    assert "DeepLIFT rules cover ReLU networks only" in skipped["deeplift"]
+    for arch in ("resnet50", "densenet121", "resnet18", "resnet101", "densenet161", "vgg16"):
+        assert pipeline.applicable_config(config, arch) == (config, {})

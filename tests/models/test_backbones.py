@@ -223,3 +223,38 @@ def test_bad_arch_and_bad_weight_files(tmp_path):
     torch.save(BACKBONES["densenet121"].constructor(weights=None).state_dict(), tmp_path / "dense.pth")
     with pytest.raises(CxrError, match="does not fit resnet50"):
         build_classifier("resnet50", pretrained=str(tmp_path / "dense.pth"))
+
+
+_ACTIVATION_TYPES = {"ReLU": nn.ReLU, "SiLU": nn.SiLU, "GELU": nn.GELU}
+
+
+def test_the_recorded_activation_is_the_backbones_and_decides_the_relu_methods(pair):
+    """``names.ACTIVATIONS`` (the registry's ``activation``) is the only non-linearity among the backbone's modules
+    (the study's head, on every backbone, has one ReLU), which is what makes the ReLU-defined methods skip a backbone
+    (``names.not_applicable``). Why: guided backpropagation only changes ReLU's backward pass, so on a backbone
+    without ReLU it guides the head's ReLU alone and passes the plain gradient through the backbone, exactly (checked
+    against autograd with only the head's ReLU guided); on a ReLU backbone the two differ (checked on ResNet-18, the
+    cheapest)."""
+    from cxrexplain.explain.attributions import guided_backprop, signs
+    from cxrexplain.names import ACTIVATIONS, not_applicable
+
+    backbone = [m for name, m in pair.model.named_modules() if not name.startswith("head")]
+    found = {name for name, kind in _ACTIVATION_TYPES.items() if any(isinstance(m, kind) for m in backbone)}
+    assert found == {ACTIVATIONS[pair.arch]}
+    assert isinstance(pair.model.head[-2], nn.ReLU)
+    skipped = not_applicable(pair.arch, ("deeplift", "guided_backprop", "guided_gradcam_smoothgrad", "saliency"))
+    assert list(skipped) == ([] if found == {"ReLU"} else ["deeplift", "guided_backprop", "guided_gradcam_smoothgrad"])
+    if found == {"ReLU"} and pair.arch != "resnet18":
+        return
+    torch.manual_seed(1)
+    x, c = torch.randn(2, 1, pair.size, pair.size, requires_grad=True), torch.tensor([1, 0])
+    guided = guided_backprop(pair.model, x, c)
+    hook = pair.model.head[-2].register_full_backward_hook(lambda m, g_in, g_out: (g_in[0].clamp(min=0),))
+    try:
+        head_only = torch.autograd.grad((pair.model(x) * signs(c, x)).sum(), x)[0][:, 0]
+    finally:
+        hook.remove()
+    if found == {"ReLU"}:
+        assert not torch.allclose(guided, head_only, atol=1e-6)
+    else:
+        assert_close(guided, head_only, atol=1e-7, rtol=1e-5)

@@ -1163,6 +1163,12 @@ def explanations(
             f"of the image inside boxes) {info['pointing_chance']:.3f}, centre prior (a map peaking at the image "
             f"centre) {info['pointing_centre_prior']:.3f}."
         )
+        if skipped := info.get("not_applicable"):
+            doc.paragraph(
+                f"Configured but not run on {a}, because they do not apply to it: "
+                + "; ".join(f"{method} ({reason})" for method, reason in skipped.items())
+                + "."
+            )
         for title, cols in explanation_tables():
             present = [c for c in cols if any(c.name in entry for entry in info["methods"].values())]
             if not present:

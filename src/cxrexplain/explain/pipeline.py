@@ -13,9 +13,10 @@ model's device); boxes are ``[x, y, w, h]`` in pixels of that input; ``threshold
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrexplain import tracking
+from cxrexplain import names, tracking
 from cxrexplain.data.sample import load_cache
 from cxrexplain.data.split import read_split
 from cxrexplain.data.transforms import eval_transform
@@ -50,6 +51,8 @@ from cxrexplain.progress import item_progress
 if TYPE_CHECKING:
     from cxrexplain.config import ExplainParams, GalleryParams, Params
     from cxrexplain.workspace import CacheFiles, ExplainFiles, ModelFiles
+
+log = logging.getLogger(__name__)
 
 # trains the architecture on permuted labels (models/permuted.py): returns the model and its accuracy on those labels
 PermutedModel = Callable[[], tuple[nn.Module, float]]
@@ -114,6 +117,8 @@ class Explanation:
     sanity: pd.DataFrame  # the verdict per method
     data_randomisation: pd.DataFrame | None  # per method and image, when the data randomisation test ran
     data_test: dict | None  # its summary per method
+    # the configured methods skipped for this backbone, with why (names.not_applicable): recorded, not run
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 def explain_trained(
@@ -132,10 +137,12 @@ def explain_trained(
     (:func:`choose_threshold`), the cached images of ``params.explain.split``; the permuted-label model of the data
     randomisation test trained on the same cache and split (:mod:`cxrexplain.models.permuted`). ``arch`` is one of
     :data:`~cxrexplain.config.ARCHS` (the stage checks it first, with :func:`~cxrexplain.config.require_arch`)."""
-    e = params.explain
+    e, skipped = applicable_config(params.explain, arch)
+    for method, reason in skipped.items():
+        log.warning("explain@%s: %s skipped: %s", arch, method, reason)
     model, threshold = load_model(trained.best, device), choose_threshold(e, trained.predictions)
     images, index = load_cache(cache.dir)
-    return explain_split(
+    explanation = explain_split(
         model,
         images,
         split_rows(read_split(split_file, index), e.split, split_file),
@@ -146,6 +153,16 @@ def explain_trained(
         permuted=lambda: _train_on_permuted_labels(params, arch, cache.dir, split_file, device, train_seed),
         progress=progress,
     )
+    return replace(explanation, not_applicable=skipped)
+
+
+def applicable_config(config: ExplainParams, arch: str) -> tuple[ExplainParams, dict[str, str]]:
+    """``config`` without the attribution methods that do not apply to ``arch``
+    (:func:`cxrexplain.names.not_applicable`: the ReLU-defined methods on a backbone without ReLU), and those methods
+    with the reason. The config validation has already refused a method that applies to none of ``model.archs``."""
+    skipped = names.not_applicable(arch, config.attributions)
+    kept = tuple(m for m in config.attributions if m not in skipped)
+    return config.model_copy(update={"attributions": kept}), skipped
 
 
 def explain_split(
@@ -286,6 +303,7 @@ def explain_metrics(explanation: Explanation, config: ExplainParams, *, arch: st
         "pointing_chance": float(boxed["chance"].mean()) if len(boxed) else math.nan,
         "pointing_centre_prior": float(boxed["centre_prior"].mean()) if len(boxed) else math.nan,
         "methods": {},
+        "not_applicable": dict(e.not_applicable),
         "settings": {  # what the report says about how these numbers were computed
             "threshold": config.threshold,
             "measures": list(config.measures),
@@ -355,6 +373,7 @@ def headline(metrics: dict) -> str | None:
 
 __all__ = [
     "Explanation",
+    "applicable_config",
     "artifacts",
     "choose_threshold",
     "data_randomisation",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrexplain import names
 from cxrexplain.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from cxrexplain.data import dicom
 from cxrexplain.data.sample import square_gray8, to_gray8
@@ -71,6 +72,8 @@ def explain_file(
             )
         radiograph = dicom.dicom_gray8(dicom.read_dataset(data, image_path), image_path)
     model, hparams = load_classifier(checkpoint, device)
+    if reason := names.not_applicable(hparams["arch"], (method,)).get(method):
+        raise CxrError(f"--method {method}: does not apply to {checkpoint}'s model: {reason}")
     side = size or hparams.get("image_size")
     if not side:
         raise CxrError(f"{checkpoint}: records no training image size; pass --size")

@@ -50,6 +50,8 @@ class BackboneSpec:
     # (which comes before them); together with the head they hold every parameter of the model
     blocks: Callable[[Classifier], list[tuple[str, nn.Module]]]
     patch: int | None = None  # a ViT's patch size: the input side must be a multiple of it, and is fixed at build
+    # the non-linearity of every activation module: the ReLU-defined methods (names.RELU_METHODS) need "ReLU"
+    activation: str = "ReLU"
 
     def constructor(self, **kwargs: object) -> nn.Module:
         """``torchvision.models.<name>(**kwargs)``."""
@@ -370,6 +372,7 @@ BACKBONES: dict[str, BackboneSpec] = names.registered(
             lambda m: "features.0.0",
             "features (output: the last Conv-BN-SiLU, 1280 channels)",
             _efficientnet_blocks,
+            activation="SiLU",
         ),
         "vgg16": BackboneSpec(
             "vgg16",
@@ -387,11 +390,14 @@ BACKBONES: dict[str, BackboneSpec] = names.registered(
             "encoder_layer_11.ln_1 (output; patch tokens as the (h, w) grid, class token dropped)",
             _vit_blocks,
             patch=16,
+            activation="GELU",
         ),
     },
 )
 if {a: s.patch for a, s in BACKBONES.items() if s.patch} != names.PATCH_SIZES:
     raise RuntimeError("BACKBONES' patch sizes differ from cxrexplain/names.py PATCH_SIZES")
+if {a: s.activation for a, s in BACKBONES.items()} != names.ACTIVATIONS:
+    raise RuntimeError("BACKBONES' activations differ from cxrexplain/names.py ACTIVATIONS")
 
 
 def _to_grayscale(conv: nn.Conv2d) -> nn.Conv2d:
