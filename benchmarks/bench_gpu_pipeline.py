@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from timing import timed
 
 
 def study_params(args: argparse.Namespace):  # -> cxrexplain.config.Params
@@ -78,18 +79,15 @@ def study_params(args: argparse.Namespace):  # -> cxrexplain.config.Params
     return validate(raw, "bench_gpu_pipeline.py")
 
 
-def timed(what: Callable[[], object], device: str) -> tuple[object, float, float]:
-    """``(result, seconds, peak GPU GiB)`` of ``what()`` (peak memory: NaN off a GPU)."""
+def timed_stage(what: Callable[[], object], device: str) -> tuple[object, float, float]:
+    """``(result, seconds, peak GPU GiB)`` of ``what()`` (seconds: :func:`timing.timed`; peak memory: NaN off a
+    GPU)."""
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = what()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    results: list[object] = []
+    seconds = timed(lambda: results.append(what()), device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return result, seconds, peak
+    return results[0], seconds, peak
 
 
 def loader_rate(params, ws) -> tuple[int, float]:
@@ -143,7 +141,7 @@ def main() -> None:
 
     def stage(name: str, what: Callable[[], object], rate: Callable[[object, float], str] = lambda r, s: "") -> object:
         nonlocal total
-        result, seconds, peak = timed(what, args.device)
+        result, seconds, peak = timed_stage(what, args.device)
         total += seconds
         rows.append((name, f"{seconds:.1f}", rate(result, seconds), "" if peak != peak else f"{peak:.2f}"))
         console.print(f"{name}: {seconds:.1f} s")
