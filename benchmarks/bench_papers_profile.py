@@ -27,30 +27,9 @@ import time
 from pathlib import Path
 
 import yaml
+from repocopy import DEMO_OUTPUTS, snapshot
 from rich.console import Console
 from rich.table import Table
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def copy_repository(dest: Path) -> None:
-    """The working tree's files (tracked and new, not ignored) without the committed demo outputs, in a new git
-    repository (DVC needs one)."""
-    names = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, names):
-        if name.startswith(("reports/", "metrics/", "dvc.lock")) or not (ROOT / name).is_file():
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, dest / name)
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
-        subprocess.run([*git, *command], cwd=dest, check=True, capture_output=True)
 
 
 def cpu_scale(params: dict, size: int, per_class: int) -> dict:
@@ -100,7 +79,7 @@ def main() -> None:
     console = Console()
     dest = args.keep or Path(tempfile.mkdtemp(prefix="cxrexplain-papers-"))
     dest.mkdir(parents=True, exist_ok=True)
-    copy_repository(dest)
+    snapshot(dest, leave_out=(*DEMO_OUTPUTS, "dvc.lock"))
     bin_dir = str(Path(sys.executable).parent)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"sqlite:///{dest}/mlflow.db", "HOME": str(dest)}
     subprocess.run([f"{bin_dir}/cxrexplain", "params", "--profile", "papers"], cwd=dest, env=env, check=True)

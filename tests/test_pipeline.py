@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 from dvc.repo import Repo
+from repocopy import snapshot
 
 from cxrexplain import tracking
 from cxrexplain.models import training
 from inprocess import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -30,20 +30,8 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     """The working tree's files (tracked and new, not ignored) in a new git repository, with the ci profile."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
     dest = tmp_path_factory.mktemp("repo")
-    for name in filter(None, files):
-        if name.startswith(("reports/", "metrics/")):  # the committed demo outputs: every check below reads new ones
-            continue
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+    snapshot(dest)  # without the committed demo outputs: every check below reads new ones
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.update(
         GIT_AUTHOR_NAME="ci",
@@ -51,9 +39,6 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
         GIT_COMMITTER_NAME="ci",
         GIT_COMMITTER_EMAIL="ci@localhost",
     )
-    run(["git", "init", "-q"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-q", "-m", "snapshot"], dest, env)
     run(["cxrexplain", "params", "--profile", "ci"], dest, env)
     return dest, env
 
