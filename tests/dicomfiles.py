@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 
 def make_dicom(
@@ -44,3 +53,41 @@ def make_dicom(
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def compress_dicom(data: bytes, syntax: str) -> bytes:
+    """``data`` re-encoded losslessly in ``syntax``: pydicom's ``Dataset.compress`` (RLE natively, JPEG-LS with
+    pyjpegls, JPEG 2000 with pylibjpeg-openjpeg, which needs at least 32 × 32 pixels), or GDCM for JPEG Lossless
+    (process 14), for which pydicom has no encoder."""
+    if syntax in (JPEGLossless, JPEGLosslessSV1):
+        return _gdcm_compress(data, syntax)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.compress(syntax)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _gdcm_compress(data: bytes, syntax: str) -> bytes:
+    import gdcm
+
+    target = {
+        JPEGLossless: gdcm.TransferSyntax.JPEGLosslessProcess14,
+        JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        source, packed = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
+        source.write_bytes(data)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(source))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(target[syntax]))
+        if not reader.Read() or not (change.SetInput(reader.GetImage()) or change.Change()):
+            raise RuntimeError(f"GDCM could not re-encode the file as {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(packed))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError(f"GDCM could not write the {syntax} file")
+        return packed.read_bytes()

@@ -14,14 +14,21 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from cxrexplain.data import dicom
 from cxrexplain.data.sample import INDEX_COLUMNS, load_cache, robust_gray8, to_gray8
 from cxrexplain.errors import CxrError
-from dicomfiles import make_dicom
+from dicomfiles import compress_dicom, make_dicom
 
 
 def gray(data: bytes) -> np.ndarray:
@@ -136,12 +143,58 @@ def test_decode_dicom_resizes_like_every_other_image_and_reports_the_size():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Compressed transfer syntaxes: each one decoded to the stored values (lossless: pydicom's result is the input itself)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "photometric", "signed"),
+    [
+        (RLELossless, "MONOCHROME2", False),
+        (RLELossless, "MONOCHROME1", True),
+        (JPEGLSLossless, "MONOCHROME2", False),
+        (JPEG2000Lossless, "MONOCHROME1", False),
+        (JPEG2000Lossless, "MONOCHROME2", True),
+        (JPEGLossless, "MONOCHROME2", False),
+        (JPEGLosslessSV1, "MONOCHROME1", False),
+    ],
+)
+def test_compressed_files_give_the_pixels_of_their_uncompressed_twin(syntax, photometric, signed):
+    """RLE, JPEG-LS and JPEG 2000 encoded by pydicom (its own RLE encoder, pyjpegls, pylibjpeg-openjpeg), JPEG Lossless
+    by GDCM (pydicom has no encoder for it); 12-bit random values at 32 × 40 (OpenJPEG needs at least 32 × 32)."""
+    rng = np.random.default_rng(7)
+    values = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(32, 40)).astype(np.int16)
+    centre = 0 if signed else 2048
+    plain = make_dicom(values, signed=signed, photometric=photometric, WindowCenter=centre, WindowWidth=3000)
+    packed = compress_dicom(plain, syntax)
+    ds = dicom.read_dataset(packed, "x.dcm")
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(ds.pixel_array, values)
+    lo, hi = (-2048, 2047) if signed else (0, 4095)
+    np.testing.assert_array_equal(gray(packed), gray(plain))
+    np.testing.assert_array_equal(gray(packed), pydicom_gray(packed, lo, hi))
+
+
+def test_a_syntax_without_installed_decoder_names_the_packages(tmp_path, monkeypatch):
+    """Every image syntax pydicom can decode has a decoder among the dependencies: a machine without GDCM (JPEG
+    Lossless' only one here) is simulated by emptying the decoder's list of available plugins."""
+    path = tmp_path / "lossless.dcm"
+    path.write_bytes(compress_dicom(make_dicom(WINDOW_12), JPEGLosslessSV1))
+    monkeypatch.setattr(get_decoder(JPEGLosslessSV1), "_available", {})
+    with pytest.raises(
+        CxrError,
+        match=r"lossless.dcm: compressed with JPEG Lossless.* no decoder for it is installed \(pylibjpeg.*reinstall",
+    ):
+        dicom.decode_dicom(dicom.read_file(path), 32, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Hostile files
 
 
-def compressed_without_decoder() -> bytes:
+def compressed_with(syntax: str) -> bytes:
+    """A file that claims ``syntax`` but whose one fragment is no JPEG stream."""
     ds = pydicom.dcmread(io.BytesIO(make_dicom(WINDOW_12)))
-    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.file_meta.TransferSyntaxUID = syntax
     ds.PixelData = encapsulate([b"\xff\xd8 not a real JPEG \xff\xd9"])
     ds["PixelData"].VR = "OB"
     buffer = io.BytesIO()
@@ -166,7 +219,11 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "text.dcm": (b"I am a PNG, honestly" * 20, r"not a DICOM file"),
         "cut-pixels.dcm": (good[:-5], r"pixel data unreadable \(Explicit VR Little Endian; .*less than expected"),
         "cut-header.dcm": (good[:200], r"no pixel data \(truncated, or not an image\)"),
-        "jpeg.dcm": (compressed_without_decoder(), r"compressed with JPEG Lossless.* no decoder for it is installed"),
+        "jpeg.dcm": (compressed_with(JPEGLosslessSV1), r"pixel data unreadable \(JPEG Lossless.*gdcm"),
+        "j2k-mc.dcm": (
+            compressed_with(JPEG2000MCLossless),
+            r"compressed with JPEG 2000 Part 2 .*pydicom cannot decode",
+        ),
         "frames.dcm": (frames, r"2 frames; one radiograph per file"),
         "private.dcm": (unknown_syntax(), r"invalid DICOM header \(ValueError: UID is not a transfer syntax"),
         "colour.dcm": (colour, r"a colour image \(RGB, 3 samples per pixel\)"),
@@ -178,12 +235,13 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("name", list(hostile_files()))
-def test_hostile_files_are_one_clear_error_naming_the_file(tmp_path, name):
+def test_hostile_files_are_one_clear_error_naming_the_file(tmp_path, name, caplog):
     data, message = hostile_files()[name]
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(CxrError, match=rf"{name}: {message}"):
         dicom.decode_dicom(dicom.read_file(path), 32, path)
+    assert not [r for r in caplog.records if r.exc_info], "a decoder's traceback reached the log"
 
 
 def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):

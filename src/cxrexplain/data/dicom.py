@@ -20,11 +20,16 @@ A radiograph goes through the DICOM grayscale pipeline (PS3.3 C.11, PS3.4 N.2), 
 
 Then the image is resized to the square like every other image of the project (:func:`sample.square_gray8`).
 
+Compressed pixel data is decoded by pydicom's plugins, which the project's dependencies install: RLE Lossless
+(pylibjpeg-rle, or pydicom's own), JPEG-LS (pyjpegls), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg, or GDCM, or Pillow),
+JPEG Lossless process 14 and JPEG baseline / extended (GDCM, or Pillow for the lossy ones).
+
 Files are hostile: a file that is not DICOM (no ``DICM`` marker), truncated, compressed with a transfer syntax for
-which no decoder is installed, multi-frame, colour, or larger than :data:`MAX_DICOM_BYTES` is a
-:class:`~cxrexplain.errors.CxrError` naming the file and the problem. :func:`build_dicom_cache` writes the cache
-format of :mod:`cxrexplain.data.sample` (``images.npy``, ``index.csv``, ``rejects.csv``) from a folder of such files
-and a labels CSV; an unreadable file is listed in ``rejects.csv`` and skipped, and too many of them fail the run.
+which no decoder is installed (or which pydicom cannot decode at all: MPEG, JPEG 2000 Part 2), multi-frame, colour,
+or larger than :data:`MAX_DICOM_BYTES` is a :class:`~cxrexplain.errors.CxrError` naming the file and the problem.
+:func:`build_dicom_cache` writes the cache format of :mod:`cxrexplain.data.sample` (``images.npy``, ``index.csv``,
+``rejects.csv``) from a folder of such files and a labels CSV; an unreadable file is listed in ``rejects.csv`` and
+skipped, and too many of them fail the run.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +69,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.progress import item_progress
 
 log = logging.getLogger("cxrexplain.dicom")
+_DECODER_LOG = logging.getLogger("pydicom.pixels.decoders.base")
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 """Names read as DICOM by ``explain-image`` even without the ``DICM`` marker (which then fails, naming the file)."""
@@ -140,7 +147,10 @@ def _check_image(ds: pydicom.Dataset, name: str | Path) -> None:
             raise CxrError(f"{name}: compressed with {syntax.name} ({syntax}), which pydicom cannot decode") from None
         if not decoder.is_available:
             needs = "; ".join(decoder.missing_dependencies)
-            raise CxrError(f"{name}: compressed with {syntax.name} and no decoder for it is installed ({needs})")
+            raise CxrError(
+                f"{name}: compressed with {syntax.name} and no decoder for it is installed ({needs}); this "
+                "project's dependencies hold one for each syntax pydicom decodes: reinstall them (pip install -e .)"
+            )
 
 
 def _voi_kind(ds: pydicom.Dataset) -> str | None:
@@ -168,10 +178,12 @@ def _display_range(ds: pydicom.Dataset, kind: str) -> tuple[float, float]:
 def dicom_gray8(ds: pydicom.Dataset, name: str | Path) -> np.ndarray:
     """The radiograph of ``ds`` (from :func:`read_dataset`) as 8-bit grayscale at its own size (module docstring)."""
     try:
-        stored = ds.pixel_array
+        with _quiet_decoders():
+            stored = ds.pixel_array
     except Exception as error:  # truncated or corrupt pixel data, a decoder failing on its input
         syntax = ds.file_meta.TransferSyntaxUID
-        raise CxrError(f"{name}: pixel data unreadable ({syntax.name}; {type(error).__name__}: {error})") from None
+        reason = " ".join(str(error).split())  # pydicom lists each plugin's failure on its own line
+        raise CxrError(f"{name}: pixel data unreadable ({syntax.name}; {type(error).__name__}: {reason})") from None
     if stored.ndim != 2:
         raise CxrError(f"{name}: pixel array of shape {stored.shape}, expected one grayscale frame")
     try:
@@ -196,6 +208,18 @@ def dicom_gray8(ds: pydicom.Dataset, name: str | Path) -> np.ndarray:
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
         gray = 255 - gray
     return gray
+
+
+@contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """Silence pydicom's decoder log while decoding: it logs each failing plugin's traceback before raising the error
+    that names them all, which becomes this module's :class:`CxrError` (no traceback for a user's bad file)."""
+    was = _DECODER_LOG.disabled
+    _DECODER_LOG.disabled = True
+    try:
+        yield
+    finally:
+        _DECODER_LOG.disabled = was
 
 
 def decode_dicom(data: bytes, size: int, name: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
