@@ -29,7 +29,10 @@ def make_dicom(
     samples: int = 1,
     **attributes,
 ) -> bytes:
-    """A DICOM Part 10 file of one grayscale frame; ``raw``: the stored words as given (garbage in high bits)."""
+    """A DICOM Part 10 file of one grayscale frame; ``raw``: the stored words as given (garbage in high bits).
+
+    Float pixels (``float32`` or ``float64``) go into Float or Double Float Pixel Data, without ``BitsStored``,
+    ``HighBit`` nor ``PixelRepresentation`` (the Floating Point Image Pixel module)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -43,11 +46,16 @@ def make_dicom(
     if samples > 1:
         ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    words = raw if raw is not None else pixels
-    dtype = {8: "u1", 16: "<i2" if signed else "<u2"}[bits_allocated]
-    ds.PixelData = np.ascontiguousarray(words).astype(dtype).tobytes()
+    if pixels.dtype.kind == "f":
+        ds.BitsAllocated = 8 * pixels.dtype.itemsize
+        key = {32: "FloatPixelData", 64: "DoubleFloatPixelData"}[ds.BitsAllocated]
+        setattr(ds, key, np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes())
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+        ds.PixelRepresentation = int(signed)
+        words = raw if raw is not None else pixels
+        dtype = {8: "u1", 16: "<i2" if signed else "<u2"}[bits_allocated]
+        ds.PixelData = np.ascontiguousarray(words).astype(dtype).tobytes()
     for key, value in attributes.items():
         setattr(ds, key, value)
     buffer = io.BytesIO()
