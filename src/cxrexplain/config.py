@@ -76,17 +76,37 @@ class SyntheticParams(_Section):
     seed: int = Field(0, description="seed of the generator: same seed, same bytes")
 
 
+class DicomParams(_Section):
+    labels: str = Field(
+        "labels.csv",
+        description="with source dicom: the labels CSV (file,label[,patient,view]) in data/raw/, where the DICOM "
+        "files it lists are",
+    )
+    boxes: str | None = Field(None, description="with source dicom: the boxes CSV (file,x,y,w,h) in data/raw/, or none")
+    max_skipped: float = Field(
+        0.01, ge=0, lt=1, description="with source dicom: share of listed files that may be unreadable and skipped"
+    )
+
+    @field_validator("labels", "boxes")
+    @classmethod
+    def _inside_raw(cls, value: str | None) -> str | None:
+        if value is not None and (not value or Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError(f"a file name inside data/raw/, got {value!r}")
+        return value
+
+
 class DataParams(_Section):
     source: Literal["nih", "synthetic", "dicom"] = Field(
         "nih",
         description="nih: the 12 official archives; synthetic: the project's generated NIH-format mirror; "
-        "dicom: your DICOM files (sample --from-dicom)",
+        "dicom: your DICOM files and labels CSV in data/raw/ (data.dicom)",
     )
     mirror: str | None = Field(
         None, description="base URL or local directory with the NIH file names, used instead of the official links"
     )
     retry: RetryParams = RetryParams()
     synthetic: SyntheticParams = SyntheticParams()
+    dicom: DicomParams = DicomParams()
 
 
 class SampleParams(_Section):

@@ -14,14 +14,21 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from cxrexplain.data import dicom
 from cxrexplain.data.sample import INDEX_COLUMNS, load_cache, robust_gray8, to_gray8
 from cxrexplain.errors import CxrError
-from dicomfiles import make_dicom
+from dicomfiles import compress_dicom, make_dicom
 
 
 def gray(data: bytes) -> np.ndarray:
@@ -136,12 +143,136 @@ def test_decode_dicom_resizes_like_every_other_image_and_reports_the_size():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Float pixels, padding, Presentation LUT Shape (pydicom has no function for the last two: hand-computed values)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_pixels_are_windowed_like_integers(dtype):
+    # LINEAR, centre 0, width 2: x <= -1 -> 0, x > 0 -> 255, between g = round(((x + 0.5) / 1 + 0.5) * 255):
+    # -0.75 -> 63.75 -> 64; -0.25 -> 191.25 -> 191; 0 -> 255. Padding 3.0 (the value alone) -> 0 instead of 255
+    values = np.array([[-1.5, -1.0, -0.75, -0.25, 0.0, 3.0, 7.0]], dtype=dtype)
+    padding = "FloatPixelPaddingValue" if dtype == np.float32 else "DoubleFloatPixelPaddingValue"
+    data = make_dicom(values, WindowCenter=0, WindowWidth=2, **{padding: 3.0})
+    assert dicom.read_dataset(data, "x.dcm").BitsAllocated == 8 * np.dtype(dtype).itemsize
+    np.testing.assert_array_equal(gray(data), [[0, 0, 64, 191, 255, 0, 255]])
+
+
+def test_float_pixels_of_whole_numbers_give_the_integer_files_gray():
+    """The 16-bit stand-in range of a float file's window cancels: the same gray as the 12-bit file with the same
+    values, which pydicom's functions give (the oracle), on random windows of the three VOI LUT functions."""
+    rng = np.random.default_rng(3)
+    for function in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        values = rng.integers(0, 4096, size=(8, 8), dtype=np.uint16)
+        window = {"WindowCenter": float(rng.uniform(500, 3500)), "WindowWidth": float(rng.uniform(2, 3000))}
+        integer = make_dicom(values, VOILUTFunction=function, **window)
+        floating = make_dicom(values.astype(np.float32), VOILUTFunction=function, **window)
+        np.testing.assert_array_equal(gray(floating), pydicom_gray(integer, 0, 4095))
+    floating = make_dicom(values.astype(np.float64))
+    np.testing.assert_array_equal(gray(floating), robust_gray8(values))
+
+
+def test_padding_pixels_are_black_after_the_window_and_the_inversion():
+    # MONOCHROME1 of WINDOW_12: 255 - [0, 0, 0, 66, 128, 255, 255, 255]; padding 1000 (shown 255) comes out 0
+    data = make_dicom(WINDOW_12, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=1024, PixelPaddingValue=1000)
+    np.testing.assert_array_equal(gray(data), [[0, 255, 255, 189, 127, 0, 0, 0]])
+    # a range, limit below the value (PS3.3 allows either order): 1000, 1536 and 1537 are padding, 1800 is not
+    data = make_dicom(
+        WINDOW_12, WindowCenter=2048, WindowWidth=1024, PixelPaddingValue=1537, PixelPaddingRangeLimit=1000
+    )
+    np.testing.assert_array_equal(gray(data), [[0, 0, 0, 66, 128, 255, 255, 255]])
+    data = make_dicom(
+        WINDOW_12, WindowCenter=2048, WindowWidth=1024, PixelPaddingValue=4095, PixelPaddingRangeLimit=2559
+    )
+    np.testing.assert_array_equal(gray(data), [[0, 0, 0, 66, 128, 0, 0, 0]])
+
+
+def test_padding_takes_no_part_in_the_percentile_window():
+    """Half the image is padding at 0: the window is the other half's 0.5th to 99.5th percentile (here 1000 to 2000
+    but for the interpolation of np.percentile), not 0 to 2000 as it would be with the padding counted."""
+    anatomy = np.linspace(1000, 2000, 50).round().astype(np.uint16).reshape(5, 10)
+    values = np.vstack([np.zeros((5, 10), dtype=np.uint16), anatomy])
+    data = make_dicom(values, PixelPaddingValue=0)
+    out = gray(data)
+    np.testing.assert_array_equal(out[:5], 0)
+    np.testing.assert_array_equal(out[5:], robust_gray8(anatomy))
+    assert out[5:].min() == 0 and out[5:].max() == 255
+    # counted, the padding makes the window 0 to about 1990 (99.5th percentile), and 1000 mid-gray: 128.1 -> 128
+    assert gray(make_dicom(values))[5, 0] == 128
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape", "inverted", "warned"),
+    [
+        ("MONOCHROME2", None, False, False),
+        ("MONOCHROME2", "IDENTITY", False, False),
+        ("MONOCHROME1", None, True, False),
+        ("MONOCHROME1", "INVERSE", True, False),  # the DX pairing: one inversion, not two
+        ("MONOCHROME2", "INVERSE", True, True),
+        ("MONOCHROME1", "IDENTITY", False, True),
+    ],
+)
+def test_presentation_lut_shape_decides_the_inversion(photometric, shape, inverted, warned, caplog):
+    extra = {} if shape is None else {"PresentationLUTShape": shape}
+    data = make_dicom(WINDOW_12, photometric=photometric, WindowCenter=2048, WindowWidth=1024, **extra)
+    expected = 255 - WINDOW_12_GRAY if inverted else WINDOW_12_GRAY
+    with caplog.at_level("WARNING", logger="cxrexplain.dicom"):
+        np.testing.assert_array_equal(gray(data), expected)
+    assert any("the shape decides" in r.getMessage() for r in caplog.records) == warned
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Compressed transfer syntaxes: each one decoded to the stored values (lossless: pydicom's result is the input itself)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "photometric", "signed"),
+    [
+        (RLELossless, "MONOCHROME2", False),
+        (RLELossless, "MONOCHROME1", True),
+        (JPEGLSLossless, "MONOCHROME2", False),
+        (JPEG2000Lossless, "MONOCHROME1", False),
+        (JPEG2000Lossless, "MONOCHROME2", True),
+        (JPEGLossless, "MONOCHROME2", False),
+        (JPEGLosslessSV1, "MONOCHROME1", False),
+    ],
+)
+def test_compressed_files_give_the_pixels_of_their_uncompressed_twin(syntax, photometric, signed):
+    """RLE, JPEG-LS and JPEG 2000 encoded by pydicom (its own RLE encoder, pyjpegls, pylibjpeg-openjpeg), JPEG Lossless
+    by GDCM (pydicom has no encoder for it); 12-bit random values at 32 × 40 (OpenJPEG needs at least 32 × 32)."""
+    rng = np.random.default_rng(7)
+    values = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(32, 40)).astype(np.int16)
+    centre = 0 if signed else 2048
+    plain = make_dicom(values, signed=signed, photometric=photometric, WindowCenter=centre, WindowWidth=3000)
+    packed = compress_dicom(plain, syntax)
+    ds = dicom.read_dataset(packed, "x.dcm")
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(ds.pixel_array, values)
+    lo, hi = (-2048, 2047) if signed else (0, 4095)
+    np.testing.assert_array_equal(gray(packed), gray(plain))
+    np.testing.assert_array_equal(gray(packed), pydicom_gray(packed, lo, hi))
+
+
+def test_a_syntax_without_installed_decoder_names_the_packages(tmp_path, monkeypatch):
+    """Every image syntax pydicom can decode has a decoder among the dependencies: a machine without GDCM (JPEG
+    Lossless' only one here) is simulated by emptying the decoder's list of available plugins."""
+    path = tmp_path / "lossless.dcm"
+    path.write_bytes(compress_dicom(make_dicom(WINDOW_12), JPEGLosslessSV1))
+    monkeypatch.setattr(get_decoder(JPEGLosslessSV1), "_available", {})
+    with pytest.raises(
+        CxrError,
+        match=r"lossless.dcm: compressed with JPEG Lossless.* no decoder for it is installed \(pylibjpeg.*reinstall",
+    ):
+        dicom.decode_dicom(dicom.read_file(path), 32, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Hostile files
 
 
-def compressed_without_decoder() -> bytes:
+def compressed_with(syntax: str) -> bytes:
+    """A file that claims ``syntax`` but whose one fragment is no JPEG stream."""
     ds = pydicom.dcmread(io.BytesIO(make_dicom(WINDOW_12)))
-    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.file_meta.TransferSyntaxUID = syntax
     ds.PixelData = encapsulate([b"\xff\xd8 not a real JPEG \xff\xd9"])
     ds["PixelData"].VR = "OB"
     buffer = io.BytesIO()
@@ -166,7 +297,11 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "text.dcm": (b"I am a PNG, honestly" * 20, r"not a DICOM file"),
         "cut-pixels.dcm": (good[:-5], r"pixel data unreadable \(Explicit VR Little Endian; .*less than expected"),
         "cut-header.dcm": (good[:200], r"no pixel data \(truncated, or not an image\)"),
-        "jpeg.dcm": (compressed_without_decoder(), r"compressed with JPEG Lossless.* no decoder for it is installed"),
+        "jpeg.dcm": (compressed_with(JPEGLosslessSV1), r"pixel data unreadable \(JPEG Lossless.*gdcm"),
+        "j2k-mc.dcm": (
+            compressed_with(JPEG2000MCLossless),
+            r"compressed with JPEG 2000 Part 2 .*pydicom cannot decode",
+        ),
         "frames.dcm": (frames, r"2 frames; one radiograph per file"),
         "private.dcm": (unknown_syntax(), r"invalid DICOM header \(ValueError: UID is not a transfer syntax"),
         "colour.dcm": (colour, r"a colour image \(RGB, 3 samples per pixel\)"),
@@ -178,12 +313,13 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("name", list(hostile_files()))
-def test_hostile_files_are_one_clear_error_naming_the_file(tmp_path, name):
+def test_hostile_files_are_one_clear_error_naming_the_file(tmp_path, name, caplog):
     data, message = hostile_files()[name]
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(CxrError, match=rf"{name}: {message}"):
         dicom.decode_dicom(dicom.read_file(path), 32, path)
+    assert not [r for r in caplog.records if r.exc_info], "a decoder's traceback reached the log"
 
 
 def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):

@@ -257,3 +257,18 @@ def test_consistency_matrix_reads_every_pair_both_ways():
         ["c", "-0.25", "n/a", "1"],
     ]
     assert report.consistency_matrix(None, ["a"]) == [["a", "1"]]
+
+
+def test_the_reproducibility_section_names_the_synthetic_mirror_only_for_that_source(tmp_path):
+    """Regression (found running the pipeline on DICOM files): a DICOM run's report spoke of the synthetic mirror."""
+    from cxrexplain.evaluation.document import Document
+
+    facts = report.RunFacts("synthetic", "patient", "none", 64, 0, "abc1234", False)
+    for source, expected in (
+        ("synthetic", "Identical bytes on any machine: the synthetic mirror (its generator is seeded), the cohort"),
+        ("dicom", "Identical bytes on any machine: from the same dicom files, the cohort and the split ("),
+    ):
+        doc = Document("t")
+        report.reproducibility_section(doc, {}, dataclasses.replace(facts, source=source))
+        markdown = doc.markdown(tmp_path)
+        assert expected in markdown and ("synthetic mirror" in markdown) == (source == "synthetic")

@@ -48,14 +48,42 @@ def test_sample_from_dicom_then_split_reads_the_cache(tmp_path):
     assert cli("split", cwd=tmp_path).returncode == 0
     split = pd.read_csv(tmp_path / "data" / "split.csv")
     assert len(split) == 40 and split.groupby("patient")["split"].nunique().max() == 1
-    # data.source: dicom has nothing to download, and the NIH sample stage would replace the cache: both refuse
-    for command in ("download", "sample"):
-        refused = cli(command, cwd=tmp_path)
-        message = " ".join(refused.stderr.split())
-        assert refused.returncode == 2 and "cxrexplain sample --from-dicom DIR --labels CSV" in message
+    # the DVC route: download leaves data/raw as it is, sample reads the labels CSV there: absent here, it refuses
+    # and leaves the cache that --from-dicom made
+    assert cli("download", cwd=tmp_path).returncode == 0 and list((tmp_path / "data" / "raw").iterdir()) == []
+    refused = cli("sample", cwd=tmp_path)
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "data.source is dicom but data/raw/labels.csv is missing" in message
     assert cli("split", cwd=tmp_path).returncode == 0 and len(load_cache(tmp_path / "data" / "cache")[1]) == 40
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "data": {"source": "nih"}}))
     nih = cli(*args, cwd=tmp_path)
     assert nih.returncode == 2 and "params.yaml says data.source: nih; set it to dicom" in " ".join(nih.stderr.split())
     wrong = cli("sample", "--labels", "labels.csv", cwd=tmp_path)
     assert wrong.returncode == 2 and "give their folder with --from-dicom" in " ".join(wrong.stderr.split())
+
+
+def test_the_sample_stage_caches_the_dicom_files_of_data_raw(tmp_path):
+    """What `dvc repro` runs with data.source: dicom: download touches nothing in data/raw, sample reads the files
+    and the CSVs data.dicom names there (boxes included), with data.dicom.max_skipped."""
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    write_folder(raw, patients=3)
+    (raw / "boxes.csv").write_text("file,x,y,w,h\ndicom/p00_1.dcm,2,2,4,4\n")
+    labels = pd.read_csv(raw / "labels.csv")
+    labels["file"] = "dicom/" + labels["file"]
+    labels.to_csv(raw / "labels.csv", index=False)
+    before = sorted((p.relative_to(raw), p.stat().st_mtime_ns) for p in raw.rglob("*"))
+    dicom = {"labels": "labels.csv", "boxes": "boxes.csv", "max_skipped": 0.2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "data": {"source": "dicom", "dicom": dicom}}))
+    for command in ("download", "sample"):
+        done = cli(command, "--no-progress", cwd=tmp_path) if command == "sample" else cli(command, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert sorted((p.relative_to(raw), p.stat().st_mtime_ns) for p in raw.rglob("*")) == before
+    images, index = load_cache(tmp_path / "data" / "cache")
+    assert images.shape == (6, 32, 32) and index["image"].str.startswith("dicom/").all()
+    metrics = json.loads((tmp_path / "metrics" / "sample.json").read_text())
+    assert metrics["source"] == "dicom" and metrics["rejected"] == 1 and metrics["boxes"]["kept"] == 1
+    outside = {**dicom, "labels": "../labels.csv"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "data": {"source": "dicom", "dicom": outside}}))
+    refused = cli("sample", cwd=tmp_path)
+    assert refused.returncode == 2 and "data.dicom.labels" in refused.stderr and "inside data/raw/" in refused.stderr

@@ -4,7 +4,12 @@ A radiograph goes through the DICOM grayscale pipeline (PS3.3 C.11, PS3.4 N.2), 
 
 1. stored values: ``Dataset.pixel_array``, which keeps the low ``BitsStored`` bits of each ``BitsAllocated`` word
    (12-bit in 16: the 4 high bits, overlays or garbage, are dropped) and sign-extends them when
-   ``PixelRepresentation`` is 1 (two's complement);
+   ``PixelRepresentation`` is 1 (two's complement); Float and Double Float Pixel Data (7FE0,0008 / 0009) give
+   their 32- or 64-bit values. Padding (PS3.3 C.7.5.1.1.2): the stored values from ``PixelPaddingValue`` to
+   ``PixelPaddingRangeLimit`` (or that one value without a limit; ``FloatPixelPaddingValue`` and its limit for
+   float pixels, ``DoubleFloat...`` for double) mark pixels outside the patient. They take no part in the
+   percentile window of step 4 and come out 0, black, whatever the window and the photometric interpretation
+   (the standard leaves their display to the application; black is what a collimated film shows);
 2. modality values: ``apply_modality_lut`` (the Modality LUT Sequence, or ``RescaleSlope`` and ``RescaleIntercept``);
 3. display values: ``apply_voi_lut`` with its defaults (the first VOI LUT Sequence item if there is one, else the
    first of the ``WindowCenter`` / ``WindowWidth`` pairs: several values are alternative views and the first is the
@@ -14,17 +19,29 @@ A radiograph goes through the DICOM grayscale pipeline (PS3.3 C.11, PS3.4 N.2), 
    ``BitsStored``, the pixel representation and the rescale); for a VOI LUT, the smallest and largest entry of the
    LUT (its descriptor's bit count is not used: many 12-bit LUTs declare 16 bits, and would come out nearly black).
    A file with neither a VOI LUT nor a window is windowed like a 16-bit PNG
-   (:func:`cxrexplain.data.sample.robust_gray8`: the 0.5th to 99.5th percentile of its own modality values);
-5. ``MONOCHROME1`` (low values bright) is inverted, ``g -> 255 - g``, after the window, as the standard orders it;
-   ``MONOCHROME2`` is kept. ``PresentationLUTShape`` is not read: on DX images it is INVERSE exactly for MONOCHROME1.
+   (:func:`cxrexplain.data.sample.robust_gray8`: the 0.5th to 99.5th percentile of its own modality values, padding
+   left out). Floating point pixels have no ``BitsStored``: their window is pydicom's on a 16-bit stand-in range,
+   which the linear map to 0..255 cancels (the window functions are affine in their output range);
+5. inversion, ``g -> 255 - g``, after the window (the Presentation LUT, PS3.3 C.11.6, PS3.4 N.2): by
+   ``PresentationLUTShape`` when the file has it (INVERSE inverted, IDENTITY not), else by the photometric
+   interpretation (``MONOCHROME1``, low values bright, inverted; ``MONOCHROME2`` kept). The DX Image module (PS3.3
+   C.8.11.3) defines the shape as the transformation that accounts for the photometric interpretation, to be INVERSE
+   exactly for MONOCHROME1: the pair is one inversion, not two. A file that contradicts it (IDENTITY with
+   MONOCHROME1, INVERSE with MONOCHROME2) is shown as its shape says, with a warning naming it (dcm4chee's rendering
+   does the same by default; files with a wrong shape exist, so the warning matters).
 
 Then the image is resized to the square like every other image of the project (:func:`sample.square_gray8`).
 
+Compressed pixel data is decoded by pydicom's plugins, which the project's dependencies install: RLE Lossless
+(pylibjpeg-rle, or pydicom's own), JPEG-LS (pyjpegls), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg, or GDCM, or Pillow),
+JPEG Lossless process 14 and JPEG baseline / extended (GDCM, or Pillow for the lossy ones).
+
 Files are hostile: a file that is not DICOM (no ``DICM`` marker), truncated, compressed with a transfer syntax for
-which no decoder is installed, multi-frame, colour, or larger than :data:`MAX_DICOM_BYTES` is a
-:class:`~cxrexplain.errors.CxrError` naming the file and the problem. :func:`build_dicom_cache` writes the cache
-format of :mod:`cxrexplain.data.sample` (``images.npy``, ``index.csv``, ``rejects.csv``) from a folder of such files
-and a labels CSV; an unreadable file is listed in ``rejects.csv`` and skipped, and too many of them fail the run.
+which no decoder is installed (or which pydicom cannot decode at all: MPEG, JPEG 2000 Part 2), multi-frame, colour,
+or larger than :data:`MAX_DICOM_BYTES` is a :class:`~cxrexplain.errors.CxrError` naming the file and the problem.
+:func:`build_dicom_cache` writes the cache format of :mod:`cxrexplain.data.sample` (``images.npy``, ``index.csv``,
+``rejects.csv``) from a folder of such files and a labels CSV; an unreadable file is listed in ``rejects.csv`` and
+skipped, and too many of them fail the run.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +81,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.progress import item_progress
 
 log = logging.getLogger("cxrexplain.dicom")
+_DECODER_LOG = logging.getLogger("pydicom.pixels.decoders.base")
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 """Names read as DICOM by ``explain-image`` even without the ``DICM`` marker (which then fails, naming the file)."""
@@ -73,6 +92,13 @@ LABEL_VALUES = {"1": 1, "0": 0, layout.PNEUMONIA.lower(): 1, layout.NO_FINDING.l
 LABEL_COLUMNS = ("file", "label")  # required; ``patient`` and ``view`` are optional (else from the DICOM header)
 BOX_FILE_COLUMNS = ("file", "x", "y", "w", "h")
 SOURCE = "dicom"
+PIXEL_KEYS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+"""(7FE0,0010), (7FE0,0008) and (7FE0,0009): integer, 32-bit and 64-bit floating point pixels."""
+PADDING_KEYS = {  # the pixel data's key -> its padding value and range limit (PS3.3 C.7.5.1.1.2, C.7.6.24)
+    "PixelData": ("PixelPaddingValue", "PixelPaddingRangeLimit"),
+    "FloatPixelData": ("FloatPixelPaddingValue", "FloatPixelPaddingRangeLimit"),
+    "DoubleFloatPixelData": ("DoubleFloatPixelPaddingValue", "DoubleFloatPixelPaddingRangeLimit"),
+}
 
 
 def is_dicom(data: bytes) -> bool:
@@ -115,7 +141,7 @@ def read_dataset(data: bytes, name: str | Path) -> pydicom.Dataset:
 
 def _check_image(ds: pydicom.Dataset, name: str | Path) -> None:
     """One grayscale frame that an installed decoder can read, else a :class:`CxrError` naming the problem."""
-    if "PixelData" not in ds:
+    if not any(key in ds for key in PIXEL_KEYS):
         raise CxrError(f"{name}: no pixel data (truncated, or not an image)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
@@ -140,7 +166,10 @@ def _check_image(ds: pydicom.Dataset, name: str | Path) -> None:
             raise CxrError(f"{name}: compressed with {syntax.name} ({syntax}), which pydicom cannot decode") from None
         if not decoder.is_available:
             needs = "; ".join(decoder.missing_dependencies)
-            raise CxrError(f"{name}: compressed with {syntax.name} and no decoder for it is installed ({needs})")
+            raise CxrError(
+                f"{name}: compressed with {syntax.name} and no decoder for it is installed ({needs}); this "
+                "project's dependencies hold one for each syntax pydicom decodes: reinstall them (pip install -e .)"
+            )
 
 
 def _voi_kind(ds: pydicom.Dataset) -> str | None:
@@ -165,37 +194,107 @@ def _display_range(ds: pydicom.Dataset, kind: str) -> tuple[float, float]:
     return float(lut.min()), float(lut.max())
 
 
+def _pixel_key(ds: pydicom.Dataset) -> str:
+    return next(key for key in PIXEL_KEYS if key in ds)
+
+
+def _padding(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """The padding pixels (module docstring, step 0): stored values from the padding value to the range limit
+    (either may be the larger; the value alone pads that one value), or None when the file declares no padding."""
+    value_key, limit_key = PADDING_KEYS[_pixel_key(ds)]
+    value = ds.get(value_key)
+    if value is None:
+        return None
+    limit = ds.get(limit_key, value)
+    lo, hi = sorted((float(value), float(limit)))
+    return (stored >= lo) & (stored <= hi)
+
+
+def _window_view(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` as pydicom's windowing reads it. Floating point pixels have no ``BitsStored`` nor pixel representation,
+    from which pydicom takes its output range: a view with 16 unsigned bits and no rescale stands in. Step 4 maps the
+    output range onto 0..255, and LINEAR, LINEAR_EXACT and SIGMOID are affine in that range, so the 8-bit image does
+    not depend on it."""
+    if _pixel_key(ds) == "PixelData":
+        return ds
+    view = pydicom.Dataset()
+    for key in ("PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"):
+        if key in ds:
+            view[key] = ds[key]
+    view.BitsStored, view.PixelRepresentation = 16, 0
+    return view
+
+
+def _inverted(ds: pydicom.Dataset, name: str | Path) -> bool:
+    """Whether low display values are shown bright (module docstring, step 5)."""
+    photometric = str(ds.PhotometricInterpretation)
+    shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+    if shape not in ("IDENTITY", "INVERSE"):
+        if shape:
+            log.warning("%s: PresentationLUTShape %r is neither IDENTITY nor INVERSE: not read", name, shape)
+        return photometric == "MONOCHROME1"
+    if (shape == "INVERSE") != (photometric == "MONOCHROME1"):
+        log.warning(
+            "%s: PresentationLUTShape %s with %s (the standard pairs INVERSE with MONOCHROME1): the shape decides, "
+            "the image is %sinverted",
+            name,
+            shape,
+            photometric,
+            "" if shape == "INVERSE" else "not ",
+        )
+    return shape == "INVERSE"
+
+
 def dicom_gray8(ds: pydicom.Dataset, name: str | Path) -> np.ndarray:
     """The radiograph of ``ds`` (from :func:`read_dataset`) as 8-bit grayscale at its own size (module docstring)."""
     try:
-        stored = ds.pixel_array
+        with _quiet_decoders():
+            stored = ds.pixel_array
     except Exception as error:  # truncated or corrupt pixel data, a decoder failing on its input
         syntax = ds.file_meta.TransferSyntaxUID
-        raise CxrError(f"{name}: pixel data unreadable ({syntax.name}; {type(error).__name__}: {error})") from None
+        reason = " ".join(str(error).split())  # pydicom lists each plugin's failure on its own line
+        raise CxrError(f"{name}: pixel data unreadable ({syntax.name}; {type(error).__name__}: {reason})") from None
     if stored.ndim != 2:
         raise CxrError(f"{name}: pixel array of shape {stored.shape}, expected one grayscale frame")
     try:
+        padding = _padding(ds, stored)
         modality = apply_modality_lut(stored, ds)
         kind = _voi_kind(ds)
         if kind == "lut" and not np.issubdtype(modality.dtype, np.integer):
             # a VOI LUT is indexed by whole numbers: floor, as pydicom's own float path would, without its warning
             modality = np.floor(modality).astype(np.int64)
         if kind is None:
-            gray = robust_gray8(modality)
+            gray = robust_gray8(modality, among=None if padding is None else ~padding)
         else:
-            shown = np.asarray(apply_voi_lut(modality, ds, index=0), dtype=np.float64)
-            lo, hi = _display_range(ds, kind)
+            view = _window_view(ds)
+            shown = np.asarray(apply_voi_lut(modality, view, index=0), dtype=np.float64)
+            lo, hi = _display_range(view, kind)
             if hi == lo:
                 gray = np.zeros(shown.shape, dtype=np.uint8)
             else:
                 gray = np.rint(np.clip((shown - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+        inverted = _inverted(ds, name)
     except CxrError:
         raise
     except Exception as error:  # e.g. a window width below 1, an unsupported LUT depth, a LUT item missing
         raise CxrError(f"{name}: modality or VOI attributes unusable ({type(error).__name__}: {error})") from None
-    if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+    if inverted:
         gray = 255 - gray
+    if padding is not None:
+        gray[padding] = 0
     return gray
+
+
+@contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """Silence pydicom's decoder log while decoding: it logs each failing plugin's traceback before raising the error
+    that names them all, which becomes this module's :class:`CxrError` (no traceback for a user's bad file)."""
+    was = _DECODER_LOG.disabled
+    _DECODER_LOG.disabled = True
+    try:
+        yield
+    finally:
+        _DECODER_LOG.disabled = was
 
 
 def decode_dicom(data: bytes, size: int, name: str | Path) -> tuple[np.ndarray, tuple[int, int]]:

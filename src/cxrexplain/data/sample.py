@@ -167,8 +167,11 @@ def to_gray8(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         return square_gray8(gray, size), (width, height)
 
 
-def robust_gray8(values: np.ndarray) -> np.ndarray:
+def robust_gray8(values: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
     """Values of more than 8 bits as 8-bit gray, windowed to their own 0.5th and 99.5th percentiles.
+
+    ``among`` (a boolean mask of ``values``' shape): take the percentiles among these values only (a DICOM's pixels
+    that are not padding); all values are then scaled by that window.
 
     Values below and above the window (:data:`ROBUST_WINDOW`) are clipped to 0 and 255, the rest scaled linearly. A
     plain min-max would let a handful of hot or dead detector pixels, a burnt-in marker or zero padding set the range
@@ -177,9 +180,12 @@ def robust_gray8(values: np.ndarray) -> np.ndarray:
     and the full range is used; a constant image becomes 0.
     """
     values = np.asarray(values, dtype=np.float64)
-    lo, hi = (float(v) for v in np.percentile(values, ROBUST_WINDOW))
+    sample = values if among is None else values[among]
+    if sample.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo, hi = (float(v) for v in np.percentile(sample, ROBUST_WINDOW))
     if hi <= lo:  # 99 % or more of the pixels share one value: the window is empty, use the full range
-        lo, hi = float(values.min()), float(values.max())
+        lo, hi = float(sample.min()), float(sample.max())
     scaled = (np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     return np.rint(scaled).astype(np.uint8)
 

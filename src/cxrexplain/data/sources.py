@@ -43,9 +43,8 @@ def fill_raw(data: DataParams, raw_dir: Path, *, workers: int = 1, show_progress
     """
     if data.source == "dicom":
         raise CxrError(
-            "data.source: dicom has nothing to download: build the cache with `cxrexplain sample --from-dicom DIR "
-            "--labels CSV`, then run `cxrexplain split` and the later stages by their commands (README: Real "
-            "radiographs as DICOM)"
+            "data.source: dicom has nothing to download: data/raw/ holds your DICOM files and labels CSV, which the "
+            "sample stage reads (README: Real radiographs as DICOM)"
         )
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)

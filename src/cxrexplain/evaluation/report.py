@@ -708,8 +708,13 @@ def reproducibility_section(doc: Document, seed_runs: Mapping[str, Mapping[int, 
     (and where that was tested), what does not, and the yardstick for a difference. Returns the environments."""
     found = environments(seed_runs)
     doc.heading("Reproducibility: what is identical where")
+    inputs = (
+        "the synthetic mirror (its generator is seeded), the cohort and the split"
+        if facts.synthetic
+        else f"from the same {facts.source} files, the cohort and the split"
+    )
     doc.paragraph(
-        "Identical bytes on any machine: the synthetic mirror (its generator is seeded), the cohort and the split "
+        f"Identical bytes on any machine: {inputs} "
         "(their MD5s are in `dvc.lock`; `dvc status` says whether a clone's match). Identical on the same machine "
         "kind with the same software and params: the trainings (weights bit for bit, tested on this repository's "
         "CPU machine by `tests/stages/test_train_stage.py`) and so everything computed from them. Not identical "

@@ -2,7 +2,9 @@
 
 Writes ``data/cache/{images.npy,index.csv,rejects.csv}`` as one atomic folder and ``metrics/sample.json`` with the
 real counts, so a shortfall (ChestX-ray14 has 1,431 Pneumonia images, not the study's 5,000) is on record, not only on
-screen. The work is :func:`cxrexplain.data.sample.sample_cache`.
+screen. The work is :func:`cxrexplain.data.sample.sample_cache`. With ``data.source: dicom`` ``data/raw/`` holds
+the user's DICOM files and labels CSV instead of the NIH layout, and the cache is made from them
+(:mod:`cxrexplain.stages.sample_dicom`, the parameters in ``data.dicom``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cxrexplain.data import layout
 from cxrexplain.data.sample import sample_cache
 from cxrexplain.errors import CxrError
 from cxrexplain.io import write_json
+from cxrexplain.stages import sample_dicom
 from cxrexplain.workspace import Workspace
 
 log = logging.getLogger("cxrexplain.sample")
@@ -26,10 +29,7 @@ def run(params: Params, ws: Workspace | None = None, *, show_progress: bool = Tr
     """Select, stream, decode and cache; returns the metrics written to ``metrics/sample.json``."""
     ws = ws or Workspace()
     if params.data.source == "dicom":
-        raise CxrError(
-            "sample: data.source is dicom: the cache comes from `cxrexplain sample --from-dicom DIR --labels CSV`, "
-            "not from the NIH layout (README: Real radiographs as DICOM)"
-        )
+        return _from_dicom(params, ws, show_progress=show_progress)
     metadata = [ws.raw / layout.DATA_ENTRY, ws.raw / layout.BBOX_LIST]
     ws.require(metadata, needed_by="sample", made_by="download")
     with ws.output(ws.cache.dir) as tmp:
@@ -57,3 +57,19 @@ def run(params: Params, ws: Workspace | None = None, *, show_progress: bool = Tr
         ws.cache.dir,
     )
     return metrics
+
+
+def _from_dicom(params: Params, ws: Workspace, *, show_progress: bool) -> dict:
+    """``data.source: dicom``: the DICOM files in ``data/raw/`` and the CSVs ``data.dicom`` names there."""
+    spec = params.data.dicom
+    labels = ws.raw / spec.labels
+    boxes = ws.raw / spec.boxes if spec.boxes else None
+    missing = [str(p) for p in (labels, boxes) if p is not None and not p.is_file()]
+    if missing:
+        raise CxrError(
+            f"sample: data.source is dicom but {', '.join(missing)} is missing: put your DICOM files and the CSVs "
+            f"that data.dicom names in {ws.raw}/ (README: Real radiographs as DICOM)"
+        )
+    return sample_dicom.run(
+        params, ws.raw, labels, boxes, ws, max_skipped=spec.max_skipped, show_progress=show_progress
+    )

@@ -1,7 +1,8 @@
 """``cxrexplain sample --from-dicom DIR --labels CSV``: the sample stage's outputs from a folder of DICOM radiographs.
 
-Not a DVC stage: a person runs it instead of ``download`` and ``sample``, with ``data.source: dicom`` in
-``params.yaml`` (so that the report, the MLflow tags and the registered model name the data). It writes what the
+The ``sample`` stage runs it on ``data/raw/`` when ``data.source`` is ``dicom`` (so ``dvc repro`` builds the cache);
+a person may run it on any folder with ``--from-dicom``, also with ``data.source: dicom`` in ``params.yaml`` (so
+that the report, the MLflow tags and the registered model name the data). It writes what the
 sample stage writes, in the same format (``data/cache/{images.npy,index.csv,rejects.csv}`` as one atomic folder,
 ``metrics/sample.json`` with ``source: dicom``), so ``split``, ``train``, ``explain`` and ``report`` read it
 unchanged. The work is :func:`cxrexplain.data.dicom.sample_from_dicom`. When more than ``max_skipped`` of the listed
