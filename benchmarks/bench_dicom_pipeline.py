@@ -1,6 +1,6 @@
 """The whole pipeline from DICOM files at toy scale, through `dvc repro`, in a fresh copy of the repository.
 
-    python scripts/dicom_pipeline_run.py [--per-class 36] [--keep DIR]
+    python benchmarks/bench_dicom_pipeline.py [--per-class 36] [--keep DIR]
 
 Writes a folder of DICOM radiographs into the copy's ``data/raw/`` (the synthetic renderer's images, as 12-bit
 DICOM, in every variant the reader handles: MONOCHROME2 and MONOCHROME1 with INVERSE, the five compressed syntaxes
@@ -30,6 +30,8 @@ from pydicom.uid import JPEG2000Lossless, JPEGLossless, JPEGLosslessSV1, JPEGLSL
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from repocopy import snapshot  # noqa: E402
 
 from cxrexplain.data import layout  # noqa: E402
 from cxrexplain.data.synth import _render_png, _tasks, synth_index  # noqa: E402
@@ -116,14 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         dest = Path(folder) / "repo"
-        files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], ROOT).split("\0")
-        for name in filter(None, files):
-            if (ROOT / name).is_file() and not name.startswith(("reports/", "metrics/")):
-                (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, dest / name)
-        identity = ["-c", "user.name=run", "-c", "user.email=run@localhost"]
-        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
-            run(["git", *identity, *cmd], dest)
+        dest.mkdir()
+        snapshot(dest)
         run(["cxrexplain", "params", "--profile", "ci"], dest)
         params_for(dest)
         run(["cxrexplain", "params", "--check"], dest)
