@@ -31,9 +31,25 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # set by pytest-xdist in its wo
     os.environ["MKL_NUM_THREADS"] = _threads
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--heavy",
+        action="store_true",
+        default=False,
+        help="also run the tests marked heavy (reference-library oracles on every backbone: minutes on a CPU)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow tier first (a stable sort: the order within each group is kept)."""
+    """The slow tier first (a stable sort: the order within each group is kept); the heavy tier skipped unless
+    ``--heavy`` is given."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+    if config.getoption("--heavy"):
+        return
+    skip = pytest.mark.skip(reason="heavy oracle test (minutes on a CPU): run with --heavy (pytest --heavy -m heavy)")
+    for item in items:
+        if item.get_closest_marker("heavy"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ from cxrexplain.explain.cam import (
     xgradcam,
 )
 from cxrexplain.models.backbones import BACKBONES, Classifier, build_classifier, from_torchvision
+from pgc_adapters import Logits, calibrate, targets, vit_reshape
 
 PGC = {
     "gradcam": GradCAM,
@@ -75,17 +76,6 @@ PGC = {
 # ------------------------------------------------------------------------------------ pytorch-grad-cam adapters
 
 
-class _Logits(nn.Module):
-    """pgc expects (B, C) outputs: the classifier's logits as (B, 1)."""
-
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).unsqueeze(1)
-
-
 class _Head(nn.Module):
     """What follows the target layer alone (``logits_from_cam`` on the batch's ``F``), fed the map ``A``; ``layer``
     (an identity) is the target layer pgc hooks."""
@@ -98,45 +88,6 @@ class _Head(nn.Module):
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         return self.model.logits_from_cam(self.features, self.layer(activations)).unsqueeze(1)
-
-
-def _vit_reshape(tensor: torch.Tensor, height: int = 2, width: int = 2) -> torch.Tensor:
-    """pytorch-grad-cam's ``reshape_transform`` for ViTs (its tutorial's): drop the class token, tokens to the grid."""
-    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
-    return result.transpose(2, 3).transpose(1, 2)
-
-
-def _targets(classes: list[int]) -> list:
-    """One pgc target per image: ``out[0]`` (the logit) for class 1, ``-out[0]`` for class 0."""
-    return [(lambda out: out[0]) if c == 1 else (lambda out: -out[0]) for c in classes]
-
-
-def _calibrate(model: Classifier, x: torch.Tensor) -> None:
-    """Make a random model's maps on ``x`` informative.
-
-    BatchNorm running statistics := the batch's, so that eval-mode feature maps are not dominated by one offset. The
-    head's biases are zeroed, so ``z = W₂ ReLU(W₁ p)`` is positively homogeneous in the head's input ``p`` (the pooled
-    features; the ViT's class token) and, for a CNN, Grad-CAM's map before its ReLU sums to ``z`` (Euler): the
-    predicted class has positive evidence. ``W₂`` is made orthogonal to the batch's mean hidden vector (so the logits
-    sum to 0: both classes are predicted) and scaled so that ``mean |z| = 1``.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model.features(x)
-        model.eval()
-        inputs = []
-        hook = model.head.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-        model(x)
-        hook.remove()
-        first, last = model.head[-3], model.head[-1]
-        first.bias.zero_()
-        last.bias.zero_()
-        hidden = model.head[:-1](inputs[0]).mean(dim=0)
-        last.weight -= (last.weight @ hidden) / hidden.dot(hidden) * hidden
-        last.weight /= model(x).abs().mean()
 
 
 @dataclass
@@ -163,12 +114,12 @@ def case(request) -> Case:
         reference = BACKBONES[arch].torchvision_model(size)
         model = from_torchvision(arch, reference)
         reference.heads = model.head  # torchvision's forward, ending in the study's head: logits (B, 1)
-        explained, layer, reshape = reference, reference.encoder.layers[-1].ln_1, _vit_reshape
+        explained, layer, reshape = reference, reference.encoder.layers[-1].ln_1, vit_reshape
     else:
         model = build_classifier(arch)
-        explained, layer, reshape = _Logits(model), model.features, None
+        explained, layer, reshape = Logits(model), model.features, None
     images = torch.randn(2, 1, size, size)
-    _calibrate(model, images)
+    calibrate(model, images)
     result = compute_cams(model, images, tuple(GRADIENT_CAMS), target="predicted")
     ours = feature_gradients(model, images, classes=result.classes)
     with torch.no_grad():
@@ -177,7 +128,7 @@ def case(request) -> Case:
     # gradients, without the weight gradients pgc has no use for: a third of its time on the large backbones)
     model.requires_grad_(False)
     with GradCAM(explained, [layer], reshape_transform=reshape) as cam:
-        full = cam(images.clone().requires_grad_(), _targets(result.classes.tolist()))
+        full = cam(images.clone().requires_grad_(), targets(result.classes.tolist()))
         pgc_activations = cam.activations_and_grads.activations[0]
         pgc_gradients = cam.activations_and_grads.gradients[0]
     return Case(
@@ -190,12 +141,12 @@ def _pgc_at_feature_size(case: Case, name: str) -> tuple[np.ndarray, np.ndarray]
     ``A`` (equal to pgc's own, tested: step 1 differs from it by rounding, which XGrad-CAM's ``1 / Σ_ij A`` can
     amplify on the ViT's signed LayerNorm output)."""
     head = _Head(case.model, case.features)
-    targets = _targets(case.result.classes.tolist())
+    wanted = targets(case.result.classes.tolist())
     with PGC[name](head, [head.layer]) as cam:
-        output = cam(case.activations.clone().requires_grad_(), targets)
+        output = cam(case.activations.clone().requires_grad_(), wanted)
         a = cam.activations_and_grads.activations[0].numpy()
         g = cam.activations_and_grads.gradients[0].numpy()
-        raw = np.maximum(cam.get_cam_image(case.activations, head.layer, targets, a, g, False), 0)
+        raw = np.maximum(cam.get_cam_image(case.activations, head.layer, wanted, a, g, False), 0)
     return raw, output
 
 
@@ -268,7 +219,7 @@ def test_formula_equals_pytorch_grad_cam_with_spatially_varying_gradients(name):
     activations = torch.relu(torch.randn(3, 8, 3, 3))
     classes = [1, 0, 1]
     with PGC[name](model, [model.layer]) as cam:
-        output = cam(activations.clone().requires_grad_(), _targets(classes))
+        output = cam(activations.clone().requires_grad_(), targets(classes))
         a = cam.activations_and_grads.activations[0]
         g = cam.activations_and_grads.gradients[0]
         raw = np.maximum(cam.get_cam_image(a, model.layer, None, a.numpy(), g.numpy(), False), 0)

@@ -6,7 +6,8 @@ pytorch-grad-cam (pgc) explains each image for one target per image; the study's
 at the input size (its cv2 resize against our bilinear upsampling, equal to 1e-4 as in test_cam.py) and its channel
 weights (``get_cam_weights``) directly. Score-CAM is compared on a small random CNN classifier (every one of its B·K
 masked images runs the whole model, in pgc too: on a real backbone that is seconds per image); Ablation-CAM also on
-ResNet-18, where pgc runs the whole model per ablated copy while ours runs the head.
+ResNet-18 (both sides run only the head per ablated copy: pgc replaces the target layer, ``features``, by its
+ablation layer). Every backbone: test_backbone_oracles.py.
 """
 
 from __future__ import annotations
@@ -30,25 +31,11 @@ from cxrexplain.explain.cam import (
     score_logits,
 )
 from cxrexplain.models.backbones import Classifier, build_classifier
+from pgc_adapters import Logits, targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PGC = {"scorecam": ScoreCAM, "ablationcam": AblationCAM}
-
-
-class _Logits(nn.Module):
-    """pgc expects (B, C) outputs: the classifier's logits as (B, 1)."""
-
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).unsqueeze(1)
-
-
-def _targets(classes: list[int]) -> list:
-    return [(lambda out: out[0]) if c == 1 else (lambda out: -out[0]) for c in classes]
 
 
 def _small_cnn() -> Classifier:
@@ -62,11 +49,11 @@ def _small_cnn() -> Classifier:
 def _pgc(name: str, model: Classifier, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """pgc's maps at the input size and its channel weights for ``classes``."""
     kwargs = {"batch_size": 7} if name == "ablationcam" else {}
-    with PGC[name](_Logits(model), [model.features], **kwargs) as cam:
-        maps = cam(images, _targets(classes))
+    with PGC[name](Logits(model), [model.features], **kwargs) as cam:
+        maps = cam(images, targets(classes))
         with torch.no_grad():
             activations = model.features(images).numpy()
-        weights = cam.get_cam_weights(images, model.features, _targets(classes), activations, None)
+        weights = cam.get_cam_weights(images, model.features, targets(classes), activations, None)
     return maps, np.asarray(weights)
 
 
@@ -178,7 +165,8 @@ def test_ablation_cam_on_the_vit_ablates_its_token_map_as_torchvisions_own_forwa
     """The ViT's CAM layer is its last block's ``ln_1`` output (patch tokens as a grid): an ablated channel must give
     the logit torchvision's own ViT gives with that channel of ``ln_1``'s patch tokens set to 0 (a forward hook: an
     oracle independent of ``logits_from_cam``); checked on a sample of the 768 channels. (pgc's ``AblationLayerVit``
-    ablates to ``min − 1e7`` where A has negative values, and the class token too: a convention, not compared.)"""
+    ablates to ``min − 1e7`` where A has negative values, and the class token too: a convention; compared with it set
+    to 0 on the patch tokens in test_backbone_oracles.py's heavy tier.)"""
     from cxrexplain.models.backbones import BACKBONES, from_torchvision
 
     torch.manual_seed(0)

@@ -472,8 +472,8 @@ def guided_backprop(
 
     captum overrides the backward of every ``nn.ReLU`` module through hooks that keep no state, so a ReLU module called
     several times (torchvision's ResNet blocks) and in-place ReLUs (DenseNet) are guided correctly: equal to
-    pytorch-grad-cam's ``GuidedBackpropReLUModel`` on both (tested). A functional ``F.relu`` would not be guided
-    (none in this project's backbones: DenseNet's final ``F.relu`` is a module here)."""
+    pytorch-grad-cam's ``GuidedBackpropReLUModel`` on every ReLU backbone (tested). A functional ``F.relu`` would not
+    be guided (none in this project's backbones: DenseNet's final ``F.relu`` is a module here)."""
     return _attribute("guided_backprop", model, images, classes, batch_size=batch_size)
 
 
@@ -498,8 +498,8 @@ def deeplift(
     """DeepLIFT (Shrikumar et al. 2017, captum ``DeepLift``, Rescale rule) from a black image, on
     :func:`relu_network` of the model (distinct ReLU modules, max-pooling as ReLUs).
 
-    Completeness: ``Σ A = s(x) − s(b)`` (summation-to-delta), exact up to rounding on this project's backbones
-    (tested on ResNet-18 and DenseNet-121)."""
+    Completeness: ``Σ A = s(x) − s(b)`` (summation-to-delta), exact up to rounding on this project's ReLU backbones
+    (tested on each)."""
     return _attribute("deeplift", model, images, classes, batch_size=batch_size, baseline=baseline)
 
 

@@ -360,8 +360,9 @@ and ``AblationCAM`` (default ``ratio_channels_to_ablate=1``), batched over image
   (:func:`score_logits`); B·K forward passes of the whole model. The inputs are in the network's normalised units, so
   masking moves a pixel towards 0, the mean gray (0.449), as pytorch-grad-cam does with normalised inputs.
 - Ablation-CAM: ``w_k = (y − y_k) / y`` with ``y_k`` the score with ``A_k := 0`` (:func:`ablation_logits`); B·K
-  passes of the head only. pytorch-grad-cam ablates to 0 only when the smallest activation of the batch is 0 (else
-  to ``min − 1e7``); every backbone's CAM layer here ends in a ReLU, whose maps hold zeros, so both ablate to 0.
+  passes of the head only. Ablated to 0 (the paper's ablation) on every backbone; pytorch-grad-cam ablates to 0 only
+  when the image's map holds a 0 (else to ``min − 1e7``): the same on the six ReLU-ended CAM layers, not on
+  EfficientNet-B0's (SiLU) or the ViT's (LayerNorm), where the tests compare with its ablation layer set to 0.
   With the single logit, class 0's ``y = −z`` gives the same weights as class 1's: ``(−z + z_k) / (−z)``, so the
   two classes' Ablation-CAMs are equal (the ratio's sign flips with the score's).
 """
