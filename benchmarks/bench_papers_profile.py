@@ -8,7 +8,8 @@ The profile (`cxrexplain params --profile papers`) is the GPU run of the papers 
 measures and methods are kept but Score-CAM (one forward pass per channel and image, at every sanity step: hours on a
 CPU), with one sanity cascade (top-down) instead of three, and the scale is changed for a CPU: the synthetic mirror
 (200 patients at 128 px), `--per-class` images per class cached at `--size` px (a multiple of 16, for the ViT), one
-epoch from scratch, one training seed, a 2-image explain subset, 2 sanity images and 50 bootstrap resamples. It prints
+epoch from scratch, one training seed, a 2-image explain subset, 2 sanity images, 4 IG steps, 2 SmoothGrad copies,
+occluded quarters and 50 bootstrap resamples. It prints
 each stage's time (from DVC's output) and checks that the report has the cross-architecture and the
 confidence-increase sections with every backbone in them. Its numbers test the machinery, not the methods: synthetic
 data, not medical evidence.
@@ -63,6 +64,15 @@ def cpu_scale(params: dict, size: int, per_class: int) -> dict:
     explain["cams"] = [c for c in explain["cams"] if c != "scorecam"]
     explain["sanity"] = {**explain["sanity"], "images": 2, "modes": ["top_down"]}
     explain["faithfulness"] = {**explain["faithfulness"], "steps": 4, "road_percentiles": [50]}
+    # the many-pass attributions at their cheapest (each runs at every sanity step too): 4 IG steps, 2 SmoothGrad
+    # copies, occlusion by quarters (16 windows instead of 225)
+    explain["attribution"] = {
+        **explain["attribution"],
+        "ig_steps": 4,
+        "smoothgrad_samples": 2,
+        "occlusion_window": 0.25,
+        "occlusion_stride": 0.25,
+    }
     explain["gallery"] = {**explain["gallery"], "per_outcome": 1, "compare_images": 2}
     params["report"] = {**params["report"], "bootstrap": 50}
     return params
