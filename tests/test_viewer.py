@@ -21,7 +21,18 @@ from cxrexplain.evaluation import ratings as rt
 from cxrexplain.viewer.data import blinded_order, load_run
 from cxrexplain.viewer.server import Session, serving
 from inprocess import cli
-from viewer_workspace import ARCH, IMAGES, METHODS, SEED, SIDE, make_workspace, raw_maps
+from viewer_workspace import (
+    ARCH,
+    ATTRIBUTION_ROWS,
+    CAMS,
+    IMAGES,
+    METHODS,
+    SEED,
+    SIDE,
+    attribution_maps,
+    make_workspace,
+    raw_maps,
+)
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"  # the demo profile: resnet18 and seeds 42, 43, 44
 
@@ -76,6 +87,67 @@ def test_overlay_is_the_measured_map_at_cache_resolution(ws) -> None:
     assert png.shape == (SIDE, SIDE, 3) and np.abs(png.astype(float) - jet).max() <= 1
     radiograph = np.asarray(Image.open(io.BytesIO(run.radiograph_png(2))))
     assert np.array_equal(radiograph, np.load(ws.cache.images)[2])
+
+
+def test_captum_maps_are_listed_on_the_images_they_were_computed_on(ws) -> None:
+    """saliency has a map of images 0, 1, 4 and 6 only: listed there after the CAMs, served and rated like them."""
+    run = load_run(ws, ARCH, SEED)
+    assert run.methods == [*CAMS, "saliency"]
+    assert [run.available(i) for i in range(len(IMAGES))] == [
+        [0, 1, 2] if i in ATTRIBUTION_ROWS else [0, 1] for i in range(len(IMAGES))
+    ]
+    # its localisation measures on a boxed image, its faithfulness on image 6 (the decision map, class Pneumonia)
+    assert run.items[4]["measures"]["saliency"] == {"pointing": float((4 + 8) % 2), "energy": pytest.approx(0.5)}
+    assert run.items[6]["measures"]["saliency"] == {"deletion": 0.75}
+    # the 16-px network-input map resized to the 32-px cache (bilinear, align_corners=False) and normalised again
+    stored = attribution_maps("saliency")[2].astype(np.float32)  # image 4's map
+    shown = run.map_at_cache_size("saliency", 4)
+    up = F.interpolate(torch.from_numpy(stored)[None, None], size=(SIDE, SIDE), mode="bilinear")[0, 0]
+    np.testing.assert_allclose(shown, ((up - up.min()) / (up.max() - up.min())).numpy(), atol=1e-6)
+    # by hand: output pixel (1, 1) sits a quarter of an input pixel from input pixel (0, 0), towards (1, 1)
+    a = stored[:2, :2].astype(np.float64)
+    by_hand = 0.5625 * a[0, 0] + 0.1875 * (a[0, 1] + a[1, 0]) + 0.0625 * a[1, 1]
+    low, high = float(up.min()), float(up.max())
+    assert shown[1, 1] == pytest.approx((by_hand - low) / (high - low), abs=1e-5)
+    with pytest.raises(KeyError):
+        run.map_at_cache_size("saliency", 2)  # no saliency map of image 2
+
+    file = ws.ratings.reader("eve")
+    with serving(Session(run, "eve", file, blinded=False)) as url:
+        state = json.loads(_get(url + "api/state")[1])
+        assert state["methods"] == list(METHODS)
+        names = {entry["item"]: [m["name"] for m in entry["maps"]] for entry in state["items"]}
+        assert names[4] == list(METHODS) and names[2] == list(CAMS)
+        assert _get(url + "map/4/2.png")[0] == 200 and _get(url + "map/2/2.png")[0] == 404
+        assert _post(url, {"item": 4, "slot": 2, "rating": "off"})[0] == 200
+        status, answer = _post(url, {"item": 2, "slot": 2, "rating": "on"})
+        assert status == 400 and "no map 2 of image 2" in answer["error"]
+    assert rt.read_reader(file)[["image", "method", "rating"]].values.tolist() == [[IMAGES[4][0], "saliency", "off"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"attr_rows/saliency": np.array([0, 1, 4, 8])}, r"attr_rows/saliency must be 4 increasing image indices"),
+        ({"attr_rows/saliency": np.array([0, 4, 1, 6])}, r"attr_rows/saliency must be 4 increasing image indices"),
+        (
+            {"attr_rows/saliency": np.array([0.0, 1.0, 4.0, 6.0])},
+            r"attr/saliency must be \(K, H, W\) floats and attr_rows/saliency \(K,\) integers",
+        ),
+        ({"attr/saliency": np.full((4, 16, 16), 2.0)}, r"attr/saliency holds values outside \[0, 1\]"),
+        ({"attr/saliency": np.full((4, 16, 16), np.nan)}, r"attr/saliency holds values outside \[0, 1\]"),
+        ({"attr_rows/saliency": None}, r"attr/saliency without attr_rows/saliency"),
+        ({"attr/saliency": None}, r"attr_rows/saliency without its maps attr/saliency"),
+    ],
+)
+def test_a_broken_captum_map_in_maps_npz_is_named(ws, change: dict, message: str) -> None:
+    path = ws.explain(ARCH, SEED).maps
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays = {k: v for k, v in (arrays | change).items() if v is not None}
+    np.savez(path, **arrays)
+    with pytest.raises(CxrError, match=rf"maps\.npz: {message}"):
+        load_run(ws, ARCH, SEED)
 
 
 def test_missing_maps_name_the_stage(ws) -> None:
@@ -160,11 +232,17 @@ def test_blinded_reading_hides_the_methods(ws) -> None:
         assert not any(m in text for m in METHODS) and state["measures"] == []
         order, slots = blinded_order("bo", len(IMAGES), len(METHODS))
         assert [i["item"] for i in state["items"]] == order
-        assert [m["name"] for m in state["items"][0]["maps"]] == ["map 1", "map 2"]
-        item = state["items"][0]["item"]
-        assert _post(url, {"item": item, "slot": 0, "rating": "off"})[0] == 200
+        for entry in state["items"]:  # every map the image has (saliency only on some), in the reader's own order
+            have = [METHODS[k] for k in slots[entry["item"]] if entry["item"] in ATTRIBUTION_ROWS or k < len(CAMS)]
+            assert [m["name"] for m in entry["maps"]] == [f"map {s + 1}" for s in range(len(have))]
+            assert [session.method(entry["item"], s) for s in range(len(have))] == have
+        item = next(entry["item"] for entry in state["items"] if entry["item"] in ATTRIBUTION_ROWS)
+        last = len(METHODS) - 1
+        assert _post(url, {"item": item, "slot": last, "rating": "off"})[0] == 200
     saved = rt.read_reader(file)
-    assert saved[["image", "method", "blinded"]].values.tolist() == [[IMAGES[item][0], METHODS[slots[item][0]], "True"]]
+    assert saved[["image", "method", "blinded"]].values.tolist() == [
+        [IMAGES[item][0], METHODS[slots[item][last]], "True"]
+    ]
     # the reader's own order: the same every session, another reader's differs
     assert blinded_order("bo", 50, 6) == blinded_order("bo", 50, 6)
     assert blinded_order("bo", 50, 6)[0] != blinded_order("cy", 50, 6)[0]

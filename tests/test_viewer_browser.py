@@ -1,5 +1,6 @@
 """The viewer in a real browser: headless Chromium driven by selenium opens the page, switches maps, rates three
-images with the mouse and the keyboard, reloads, and finds the ratings kept, in the page and in the reader's CSV.
+images with the mouse and the keyboard, reloads, and finds the ratings kept, in the page and in the reader's CSV;
+then filters, and rates a captum method's map (saliency, on the images that have one).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` packages (``.ci/run`` installs them) and selenium (dev extras);
 skipped, saying which is missing, without them.
@@ -15,7 +16,7 @@ import pytest
 from cxrexplain.evaluation import ratings as rt
 from cxrexplain.viewer.data import load_run
 from cxrexplain.viewer.server import Session, serving
-from viewer_workspace import ARCH, IMAGES, SEED, make_workspace
+from viewer_workspace import ARCH, ATTRIBUTION_ROWS, IMAGES, SEED, make_workspace
 
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -82,6 +83,7 @@ def test_rate_three_images_reload_and_find_them(tmp_path: Path, browser) -> None
         browser.find_element(By.CSS_SELECTOR, '#maps tr[data-slot="0"] input[value="off"]').click()
         saved(0)
         press(Keys.ARROW_RIGHT)  # image 3: gradcam on an artefact, the ECG leads, with a note
+        assert css(By.CSS_SELECTOR, "#maps tr.missing")[0].text.startswith("no map of saliency")  # not computed here
         press("4")
         Select(browser.find_element(By.CSS_SELECTOR, '#maps tr[data-slot="0"] select.artefact')).select_by_value(
             "ecg_leads"
@@ -102,8 +104,8 @@ def test_rate_three_images_reload_and_find_them(tmp_path: Path, browser) -> None
         assert Select(row.find_element(By.CSS_SELECTOR, "select.artefact")).first_selected_option.text == "ECG leads"
         assert row.find_element(By.CSS_SELECTOR, "input.note").get_attribute("value") == "lead over the left lung"
         assert [t.text.split("\n")[-1].split(" · ")[-1] for t in css(By.CSS_SELECTOR, ".thumb")][:4] == [
-            "1/2 rated",
-            "1/2 rated",
+            "1/3 rated",  # images 1 and 2 have a box, so a saliency map too
+            "1/3 rated",
             "1/2 rated",
             "0/2 rated",
         ]
@@ -112,12 +114,24 @@ def test_rate_three_images_reload_and_find_them(tmp_path: Path, browser) -> None
         Select(browser.find_element(By.ID, "f-method")).select_by_value("layercam")
         assert len(css(By.CSS_SELECTOR, ".thumb")) == len(IMAGES) - 1  # image 1's layercam map is rated
         assert len(css(By.CSS_SELECTOR, "#maps tr")) == 1
+        method = Select(browser.find_element(By.ID, "f-method"))  # a captum method: only the images that have it
+        assert [o.text for o in method.options][-1] == f"saliency ({len(ATTRIBUTION_ROWS)} of {len(IMAGES)} images)"
+        method.select_by_value("saliency")
+        assert len(css(By.CSS_SELECTOR, ".thumb")) == len(ATTRIBUTION_ROWS)
+        assert browser.find_element(By.ID, "count").text.endswith(
+            f"({len(IMAGES) - len(ATTRIBUTION_ROWS)} without a saliency map)"
+        )
+        assert browser.find_element(By.ID, "map-name").text == "saliency"
+        assert browser.find_element(By.ID, "overlay").get_attribute("src").endswith("/map/0/2.png")
+        press("2")  # image 1's saliency map: partly on the finding
+        saved(2)
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors  # no script error, no failed request
 
     table = rt.read_reader(file)
     assert table[["image", "method", "rating", "artefact", "note"]].values.tolist() == [
         [IMAGES[0][0], "layercam", "on", "", ""],
+        [IMAGES[0][0], "saliency", "partly", "", ""],
         [IMAGES[1][0], "gradcam", "off", "", ""],
         [IMAGES[2][0], "gradcam", "artefact", "ecg_leads", "lead over the left lung"],
     ]

@@ -1,7 +1,8 @@
 """A tiny workspace with what the viewer and the ratings stage read of one trained model, written in the formats the
 sample, train and explain stages write (cache index and array, predictions.csv, maps.npz as explain/pipeline.py
-``save`` writes it, per_image.csv, the explain metrics' threshold): eight 32-px images, two CAM methods with 2×2 raw
-maps, no model."""
+``write_maps`` writes it, per_image.csv, the explain metrics' threshold): eight 32-px images, two CAM methods with 2×2
+raw maps of every image, one captum method (saliency) with 16×16 normalised maps of four images (the three with a box
+and a Pneumonia-predicted one of the subset), no model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import pandas as pd
 from cxrexplain.workspace import Workspace
 
 ARCH, SEED = "resnet18", 42
-METHODS = ("gradcam", "layercam")
+CAMS = ("gradcam", "layercam")
+ATTRIBUTIONS = ("saliency",)
+METHODS = (*CAMS, *ATTRIBUTIONS)
+ATTRIBUTION_ROWS = (0, 1, 4, 6)  # the images with a box, and image 6 (TP without a box, in the explained subset)
+NET = 16  # the network input's side: the captum maps' resolution
 SIDE = 32
 # image, patient, label, probability, boxes (cache pixels)
 IMAGES = [
@@ -34,6 +39,14 @@ def raw_maps(method: str) -> np.ndarray:
     """(8, 2, 2) float32 raw maps, different per image and method."""
     rng = np.random.default_rng(sum(map(ord, method)))
     return rng.random((len(IMAGES), 2, 2), dtype=np.float32)
+
+
+def attribution_maps(method: str) -> np.ndarray:
+    """(4, 16, 16) float16 maps of the images ATTRIBUTION_ROWS, min-max normalised per map (as measured)."""
+    rng = np.random.default_rng(sum(map(ord, method)))
+    maps = rng.random((len(ATTRIBUTION_ROWS), NET, NET))
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    return ((maps - low) / (high - low)).astype(np.float16)
 
 
 def make_workspace(root: Path) -> Workspace:
@@ -71,7 +84,9 @@ def make_workspace(root: Path) -> Workspace:
         images=np.array([i[0] for i in IMAGES]),
         explained_class=np.ones(len(IMAGES), dtype=np.int64),
         patients=np.array([i[1] for i in IMAGES]),
-        **{f"raw/{m}": raw_maps(m) for m in METHODS},
+        **{f"raw/{m}": raw_maps(m) for m in CAMS},
+        **{f"attr/{m}": attribution_maps(m) for m in ATTRIBUTIONS},
+        **{f"attr_rows/{m}": np.array(ATTRIBUTION_ROWS, dtype=np.int64) for m in ATTRIBUTIONS},
     )
     rows = []
     for method in METHODS:
@@ -105,6 +120,21 @@ def make_workspace(root: Path) -> Workspace:
                 "pointing": np.nan,
                 "energy": np.nan,
                 "deletion": 0.25 if method == "gradcam" else 0.5,
+            }
+        )
+        rows.append(  # the faithfulness row of image 6's decision map, of class Pneumonia
+            {
+                "method": method,
+                "index": 6,
+                "image": IMAGES[6][0],
+                "explained_class": 1,
+                "patient": IMAGES[6][1],
+                "label": 1,
+                "probability": IMAGES[6][3],
+                "has_box": False,
+                "pointing": np.nan,
+                "energy": np.nan,
+                "deletion": 0.75,
             }
         )
     pd.DataFrame(rows).to_csv(explain.per_image, index=False)

@@ -13,12 +13,15 @@ from torch import nn
 
 from cxrexplain.config import ExplainParams, FaithfulnessParams, SanityParams
 from cxrexplain.evaluation.classification import youden_threshold
+from cxrexplain.explain import attributions
 from cxrexplain.explain.evaluate import (
+    _Maps,
     choose_subset,
     explain_images,
     outcomes,
     paired_table,
     parse_boxes,
+    pneumonia_attributions,
     scale_boxes,
     summary_table,
 )
@@ -172,6 +175,46 @@ def test_every_method_is_measured_on_the_same_images():
     assert set(curve["method"]) == set(methods)
     assert set(result.raw) == set(result.decision_maps) == set(settings.cams)  # every CAM's maps for the later stages
     assert set(curve["mode"]) == {"top_down"}
+
+    # the captum methods' Pneumonia maps kept for the viewer: the boxed images' (the maps the pointing game scored)
+    # and the subset's Pneumonia-predicted images' (their decision maps), nowhere else
+    positive = set(result.subset[result.predicted[result.subset] == 1])
+    assert list(result.attribution_rows) == sorted({0, 2} | positive)
+    assert set(result.attribution_maps) == set(settings.attributions)
+    for method, maps in result.attribution_maps.items():
+        assert maps.dtype == np.float16 and maps.shape == (len(result.attribution_rows), 8, 8)
+        boxed = np.searchsorted(result.attribution_rows, result.boxed)
+        assert np.array_equal(maps[boxed], result.pneumonia_maps[method]), method
+    others = sorted(positive - {0, 2})
+    assert others == [4, 5]  # this toy predicts Pneumonia everywhere: two subset images without a box
+    # saliency is deterministic: the decision map of a Pneumonia-predicted image is its Pneumonia map
+    again = attributions.compute_attributions(model, x[others], [1] * len(others), ["saliency"])["saliency"]
+    kept = result.attribution_maps["saliency"][np.searchsorted(result.attribution_rows, others)]
+    np.testing.assert_allclose(kept.astype(np.float32), again.numpy(), atol=1e-3)
+
+
+def _maps(rows: list[int], classes: list[int], values: list[float]) -> _Maps:
+    maps = torch.tensor(values).view(-1, 1, 1).expand(-1, 2, 2)
+    return _Maps(np.array(rows), torch.tensor(classes), maps, None)
+
+
+def test_pneumonia_attributions_keep_every_class1_map_once():
+    # boxed images 1 and 3 (localisation maps), the subset 0, 1, 2 with 0 and 1 predicted Pneumonia (decision maps)
+    roles = {
+        "pneumonia": {"saliency": _maps([1, 3], [1, 1], [0.25, 0.5])},
+        "decision": {"saliency": _maps([0, 1, 2], [1, 1, 0], [0.75, 1.0, 0.125])},
+    }
+    boxed, subset, predicted = np.array([1, 3]), np.array([0, 1, 2]), np.array([1, 1, 0, 0])
+    rows, maps = pneumonia_attributions(roles, ["saliency"], boxed, subset, predicted)
+    assert rows.tolist() == [0, 1, 3]  # image 2's only map explains No Finding: not kept
+    assert maps["saliency"].dtype == np.float16
+    assert maps["saliency"][:, 0, 0].tolist() == [0.75, 0.25, 0.5]  # image 1: its localisation map, not 1.0
+    no_methods = pneumonia_attributions(roles, [], boxed, subset, predicted)
+    no_images = pneumonia_attributions(
+        {"pneumonia": {}, "decision": {"saliency": _maps([2], [0], [0.5])}}, ["saliency"], [], [2], predicted
+    )
+    for rows, maps in (no_methods, no_images):
+        assert rows.dtype == np.int64 and len(rows) == 0 and maps == {}
 
 
 def test_youden_threshold_separates_perfectly_separable_predictions():

@@ -18,6 +18,7 @@ from cxrexplain.errors import CxrError
 from cxrexplain.evaluation import report
 from cxrexplain.evaluation.document import Document
 from cxrexplain.explain import pipeline
+from cxrexplain.explain.agreement import read_pneumonia_maps
 from cxrexplain.models.backbones import Classifier
 from cxrexplain.workspace import ExplainFiles
 from tinydata import write_tiny_dataset
@@ -81,7 +82,16 @@ def test_explain_split_save_and_metrics(cached, tmp_path):
     assert pd.read_csv(files.per_image).shape == e.per_image.shape
     with np.load(files.maps) as maps:
         assert list(maps["images"]) == list(rows["image"]) and (maps["explained_class"] == 1).all()
-        assert set(maps.files) == {"images", "explained_class", "patients", "raw/gradcam", "raw/layercam"}
+        assert set(maps.files) == {
+            *("images", "explained_class", "patients", "raw/gradcam", "raw/layercam"),
+            *("attr/saliency", "attr_rows/saliency"),  # the captum maps of class Pneumonia, where computed
+        }
+    stored = read_pneumonia_maps(files.maps, made_by="explain@toy-0")
+    assert list(stored.raw) == ["gradcam", "layercam"]  # what the consistency stage compares
+    rows_kept = stored.attribution_rows["saliency"]
+    assert np.array_equal(rows_kept, e.result.attribution_rows) and set(e.result.boxed) <= set(rows_kept)
+    assert np.array_equal(stored.attributions["saliency"], e.result.attribution_maps["saliency"])
+    assert stored.attributions["saliency"].shape == (len(rows_kept), 32, 32)
     assert pipeline.artifacts(files) == [*(f for f in files.tables), *sorted(figures)]
 
     metrics = pipeline.explain_metrics(e, config, arch="toy", source="synthetic")

@@ -47,6 +47,27 @@ def test_item3_maps_of_another_class_or_of_no_recorded_class_are_refused(tmp_pat
     assert not (tmp_path / "metrics").exists()  # nothing written
 
 
+def test_the_captum_maps_stored_beside_the_cams_are_not_compared(tmp_path):
+    """maps.npz also keeps the captum methods' Pneumonia maps of some images (for the viewer): consistency reads
+    the CAMs' raw maps only."""
+    raw = np.random.default_rng(2).random((2, 4, 4)).astype(np.float32)
+    for k, arch in enumerate(("resnet50", "densenet121")):
+        folder = tmp_path / "explain" / arch / "seed42"
+        folder.mkdir(parents=True)
+        np.savez(
+            folder / "maps.npz",
+            images=np.array(["a.png", "b.png"]),
+            patients=np.array(["1", "2"]),
+            explained_class=np.array([1, 1]),
+            **{"raw/gradcam": raw, "attr/saliency": np.full((1, 32, 32), k / 2, dtype=np.float16)},
+            **{"attr_rows/saliency": np.array([1])},
+        )
+    metrics = consistency.run(PARAMS, ws=Workspace(tmp_path))
+    assert list(metrics["pairs"][0]["methods"]) == ["gradcam"]
+    table = pd.read_csv(Workspace(tmp_path).consistency)
+    assert set(table["method"]) == {"gradcam"}
+
+
 def test_different_images_are_refused(tmp_path):
     raw = np.zeros((2, 4, 4), dtype=np.float32)
     write_maps(tmp_path / "explain" / "resnet50" / "seed42", raw, np.array([1, 1]))

@@ -18,7 +18,7 @@ from cxrexplain.stages import ratings
 from cxrexplain.viewer.data import load_run
 from cxrexplain.viewer.server import Session
 from inprocess import cli
-from viewer_workspace import ARCH, IMAGES, METHODS, SEED, make_workspace
+from viewer_workspace import ARCH, ATTRIBUTION_ROWS, ATTRIBUTIONS, CAMS, IMAGES, METHODS, SEED, make_workspace
 
 PARAMS = validate({"explain": {"bootstrap": 50}})
 
@@ -44,7 +44,7 @@ def test_two_readers_ratings_summarised_and_reported(tmp_path) -> None:
         session.rate({"item": 0, "slot": 0, "rating": "on"})
         table = rt.read_reader(session.file)
         for item in range(len(IMAGES)):
-            for slot in range(len(METHODS)):
+            for slot in range(len(session.slots[item])):  # every map of the image (saliency only on some)
                 rating = "on" if (item, slot) == (0, 0) else str(rng.choice(list(rt.RATINGS)))
                 artefact = "ribs" if rating == "artefact" else ""
                 method = session.method(item, slot)
@@ -53,23 +53,26 @@ def test_two_readers_ratings_summarised_and_reported(tmp_path) -> None:
                 given[(reader, IMAGES[item][0], method)] = rating
         rt.write_reader(session.file, table)
     summary = ratings.run(PARAMS, ws=ws)
-    assert summary["readers"] == ["ann", "bo"] and summary["ratings"] == 2 * len(IMAGES) * len(METHODS)
+    maps = len(IMAGES) * len(CAMS) + len(ATTRIBUTION_ROWS) * len(ATTRIBUTIONS)
+    assert summary["readers"] == ["ann", "bo"] and summary["ratings"] == 2 * maps
     model = summary["models"][f"{ARCH}/seed{SEED}"]
-    positives = [i[0] for i in IMAGES if i[2] == 1]
     per_image = pd.read_csv(ws.explain(ARCH, SEED).per_image)
+    assert set(model["methods"]) == set(METHODS)  # the captum method is summarised like the CAMs
     for method in METHODS:
         m = model["methods"][method]
+        rated = [k for k, i in enumerate(IMAGES) if method in CAMS or k in ATTRIBUTION_ROWS]
+        positives = [IMAGES[k][0] for k in rated if IMAGES[k][2] == 1]
         on = [given[(r, image, method)] == "on" for r in ("ann", "bo") for image in positives]
         assert m["on_finding"]["mean"] == pytest.approx(np.mean(on)) and m["on_finding"]["n"] == len(on)
-        assert m["on_finding"]["clusters"] == len({i[1] for i in IMAGES if i[2] == 1})
+        assert m["on_finding"]["clusters"] == len({IMAGES[k][1] for k in rated if IMAGES[k][2] == 1})
         hits = per_image[(per_image["method"] == method) & per_image["pointing"].notna()]
         table = np.zeros((2, 2), dtype=int)
         for reader in ("ann", "bo"):
             for image, hit in zip(hits["image"], hits["pointing"], strict=True):
                 table[0 if hit else 1, 0 if given[(reader, image, method)] == "on" else 1] += 1
         assert m["pointing"]["table"] == table.tolist()
-    ann = [given[("ann", i[0], m)] for i in IMAGES for m in METHODS]
-    bo = [given[("bo", i[0], m)] for i in IMAGES for m in METHODS]
+    keys = sorted({(image, method) for _, image, method in given})
+    ann, bo = ([given[(reader, *key)] for key in keys] for reader in ("ann", "bo"))
     inter = model["inter_reader"]
     assert inter["maps"] == len(ann) and inter["kappa"] == pytest.approx(cohen_kappa_score(ann, bo))
 

@@ -2,7 +2,10 @@
 
 Every architecture's maps explain the same class, Pneumonia, on every image: the explain stage keeps them in
 ``maps.npz`` with the class of each map, and :func:`read_pneumonia_maps` refuses maps of any other class (comparing
-one model's Pneumonia map with the other's No Finding map would measure nothing). :func:`compare` scores each pair with
+one model's Pneumonia map with the other's No Finding map would measure nothing). It also reads the captum methods'
+Pneumonia maps (``attr/``: only on the images with a box and the subset's Pneumonia-predicted images), which the
+viewer shows; the consistency stage compares the CAMs only (every image has them, at the target layer's resolution
+that :func:`compare` is defined on). :func:`compare` scores each pair with
 :func:`~cxrexplain.explain.measures.consistency.consistency` (Spearman rank correlation and top-20 % region IoU, at
 the network input's resolution) and summarises them per method with patient-clustered 95 % bootstrap intervals.
 Only numpy and pandas: no model is loaded.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,24 +32,56 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PneumoniaMaps:
-    """One architecture's raw Pneumonia CAMs (method -> (N, h, w)) of the images ``images`` of ``patients``."""
+    """One architecture's raw Pneumonia CAMs (method -> (N, h, w)) of the images ``images`` of ``patients``, and its
+    captum methods' Pneumonia maps (method -> (K, H, W) in [0, 1]) of the images ``attribution_rows[method]`` (K
+    sorted indices into ``images``)."""
 
     images: list[str]
     patients: np.ndarray
     raw: dict[str, np.ndarray]
+    attributions: dict[str, np.ndarray] = field(default_factory=dict)
+    attribution_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def read_pneumonia_maps(path: Path, made_by: str) -> PneumoniaMaps:
-    """The maps stage ``made_by`` wrote to ``path``; a :class:`CxrError` unless every map explains Pneumonia."""
+    """The maps stage ``made_by`` wrote to ``path`` (:func:`cxrexplain.explain.pipeline.write_maps`); a
+    :class:`CxrError` unless every map explains Pneumonia and every captum map names valid images."""
     with np.load(path) as data:
         if "explained_class" not in data.files or not (data["explained_class"] == PNEUMONIA).all():
             raise CxrError(
                 f"{path}: does not record Pneumonia maps for every image (written by an older explain stage?); "
                 f"re-run `dvc repro {made_by}`"
             )
+        images = list(data["images"])
         raw = {k.removeprefix("raw/"): data[k] for k in data.files if k.startswith("raw/")}
         patients = data["patients"] if "patients" in data.files else data["images"]
-        return PneumoniaMaps(list(data["images"]), patients.astype(str), raw)
+        attributions, rows = {}, {}
+        for key in data.files:
+            if key.startswith("attr/"):
+                method = key.removeprefix("attr/")
+                attributions[method], rows[method] = _attribution(path, data, method, len(images), made_by)
+            elif key.startswith("attr_rows/") and f"attr/{key.removeprefix('attr_rows/')}" not in data.files:
+                raise CxrError(f"{path}: {key} without its maps attr/{key.removeprefix('attr_rows/')}")
+        return PneumoniaMaps(images, patients.astype(str), raw, attributions, rows)
+
+
+def _attribution(path: Path, data: Mapping, method: str, n: int, made_by: str) -> tuple[np.ndarray, np.ndarray]:
+    """``attr/<method>`` and ``attr_rows/<method>`` of an open ``maps.npz``, checked: (K, H, W) finite maps in [0, 1]
+    and K distinct sorted integer indices below ``n`` (the number of images)."""
+    maps, key = data[f"attr/{method}"], f"attr_rows/{method}"
+    if key not in data.files:
+        raise CxrError(f"{path}: attr/{method} without {key} (the images it covers); re-run `dvc repro {made_by}`")
+    rows = data[key]
+    if maps.ndim != 3 or maps.dtype.kind != "f" or rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise CxrError(
+            f"{path}: attr/{method} must be (K, H, W) floats and {key} (K,) integers "
+            f"(got {maps.dtype}{list(maps.shape)} and {rows.dtype}{list(rows.shape)})"
+        )
+    if len(rows) != len(maps) or (len(rows) and (rows[0] < 0 or rows[-1] >= n or (np.diff(rows) <= 0).any())):
+        raise CxrError(f"{path}: {key} must be {len(maps)} increasing image indices in 0..{n - 1}")
+    if not np.isfinite(maps).all() or (maps.size and (maps.min() < 0 or maps.max() > 1)):
+        raise CxrError(f"{path}: attr/{method} holds values outside [0, 1]")
+    return maps, rows.astype(np.int64)
 
 
 def pairs(archs: Sequence[str]) -> list[tuple[str, str]]:

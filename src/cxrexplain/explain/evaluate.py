@@ -18,6 +18,11 @@ predicted class. Which maps are measured, on which images (every method on the s
 ``per_image`` has one row per (method, image, explained class): a Pneumonia-predicted image has one row (its
 decision map is the Pneumonia map); a No-Finding-predicted image with a box, or in the subset, has a class-1 row for
 localisation and a class-0 row for faithfulness. Columns that do not apply to a row are NaN.
+
+The maps kept (for the consistency stage and the viewer): every CAM's raw Pneumonia map of every image; every captum
+method's Pneumonia map (normalised, as measured) where one was computed: on the images with a box and on the subset's
+Pneumonia-predicted images (:func:`pneumonia_attributions`). The subset's No-Finding-predicted images without a box
+have only a No Finding map of those methods, and none of Pneumonia is computed for them.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class Explained:
     decision_maps: dict[str, np.ndarray]  # CAM method -> (N, H, W) float16 decision maps of every image (galleries)
     pneumonia_maps: dict[str, np.ndarray]  # method -> (len(boxed), H, W) float16 class-1 maps of the boxed images
     raw: dict[str, np.ndarray]  # CAM method -> (N, h, w) float32 class-1 maps at the target layer's resolution
+    attribution_maps: dict[str, np.ndarray]  # captum method -> (K, H, W) float16 class-1 maps of attribution_rows
+    attribution_rows: np.ndarray  # (K,) sorted indices (into the images) of the images with captum Pneumonia maps
     subset: np.ndarray  # indices (into the images) of the explain subset
     boxed: np.ndarray  # indices of the images with a Pneumonia box
     predicted: np.ndarray  # (N,) 0/1 at the threshold
@@ -252,6 +259,7 @@ def explain_images(
             frames.append(table)
     per_image = _merge_roles(pd.concat(frames, ignore_index=True), config.measures)
 
+    attribution_rows, attribution_maps = pneumonia_attributions(roles, config.attributions, boxed, subset, predicted)
     sanity_rows = subset[: config.sanity.images]
     curve = _sanity(model, images[torch.as_tensor(sanity_rows, device=device)], classes[sanity_rows], config, seed)
 
@@ -265,11 +273,48 @@ def explain_images(
         raw={
             m: torch.cat([r.pneumonia.raw[m] for r in cam_parts]).cpu().numpy().astype(np.float32) for m in config.cams
         },
+        attribution_maps=attribution_maps,
+        attribution_rows=attribution_rows,
         subset=subset,
         boxed=boxed,
         predicted=predicted,
         probability=probability,
     )
+
+
+def pneumonia_attributions(
+    roles: Mapping[str, Mapping[str, _Maps]],
+    methods: Sequence[str],
+    boxed: np.ndarray,
+    subset: np.ndarray,
+    predicted: np.ndarray,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The captum methods' Pneumonia maps already computed: the localisation maps of the ``boxed`` images and the
+    decision maps of the ``subset``'s Pneumonia-predicted images (``predicted`` == 1), as float16 in [0, 1] (the
+    normalised maps the measures score). Returns the sorted image indices and, per method, their maps (K, H, W).
+
+    An image that is both (boxed, in the subset and predicted Pneumonia) was explained twice for class 1: its
+    localisation map is kept (the map the pointing game scored; a deterministic method gives the same map twice,
+    SmoothGrad and GradientSHAP draw other noise for the decision map)."""
+    subset = np.asarray(subset, dtype=np.int64)
+    rows = np.union1d(np.asarray(boxed, dtype=np.int64), subset[np.asarray(predicted)[subset] == PNEUMONIA])
+    if not len(rows) or not methods:
+        return np.zeros(0, dtype=np.int64), {}
+    out: dict[str, np.ndarray] = {}
+    for method in methods:
+        found: np.ndarray | None = None
+        for role in ("decision", "pneumonia"):  # the localisation map written last, so it wins
+            part = roles[role].get(method)
+            if part is None or not len(part.rows):
+                continue
+            keep = part.classes.cpu().numpy() == PNEUMONIA
+            maps = part.maps[torch.as_tensor(keep, device=part.maps.device)].cpu().numpy().astype(np.float16)
+            if found is None:
+                found = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float16)
+            found[np.searchsorted(rows, part.rows[keep])] = maps
+        if found is not None:
+            out[method] = found
+    return rows, out
 
 
 def _merge_roles(table: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:

@@ -248,8 +248,8 @@ def data_randomisation(
 def save(
     explanation: Explanation, files: ExplainFiles, gallery_config: GalleryParams, *, title: str, synthetic: bool
 ) -> list[Path]:
-    """Write the tables, ``maps.npz`` (raw Pneumonia CAMs and the class they explain, for stage consistency) and the
-    galleries into ``files``; returns the figures. ``title`` (the architecture) heads every figure."""
+    """Write the tables, ``maps.npz`` (:func:`write_maps`) and the galleries into ``files``; returns the figures.
+    ``title`` (the architecture) heads every figure."""
     e = explanation
     e.per_image.to_csv(files.per_image, index=False)
     e.summary.to_csv(files.summary, index=False)
@@ -258,14 +258,7 @@ def save(
     e.sanity.to_csv(files.sanity, index=False)
     if e.data_randomisation is not None:
         e.data_randomisation.to_csv(files.data_randomisation, index=False)
-    with open(files.maps, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            images=e.rows["image"].to_numpy().astype(str),
-            explained_class=np.full(len(e.rows), PNEUMONIA),
-            patients=e.rows["patient"].to_numpy().astype(str),
-            **{f"raw/{m}": v for m, v in e.result.raw.items()},
-        )
+    write_maps(e, files.maps)
     return gallery.explanation_galleries(
         files,
         e.shown,
@@ -279,9 +272,35 @@ def save(
     )
 
 
+def write_maps(explanation: Explanation, path: Path) -> None:
+    """``maps.npz``, every map of class Pneumonia the explain stage computed, for stage consistency and the viewer:
+
+    - ``images``, ``patients`` (N,) and ``explained_class`` (N,), the class of every map (Pneumonia);
+    - ``raw/<cam>`` (N, h, w) float32: each CAM method's raw map of every image at the target layer's resolution;
+    - ``attr/<method>`` (K, H, W) float16 in [0, 1]: each captum method's map at the network input's resolution,
+      normalised as the measures score it, of the K images ``attr_rows/<method>`` (int64 indices into ``images``,
+      sorted): the images with a box and the subset's Pneumonia-predicted images, the only ones with a Pneumonia
+      map of these methods (:func:`~cxrexplain.explain.evaluate.pneumonia_attributions`).
+
+    Stage consistency reads only ``raw/``. ``path`` is in the stage's temporary output folder (written once)."""
+    e = explanation
+    attributions = e.result.attribution_maps
+    rows = e.result.attribution_rows.astype(np.int64)
+    with open(path, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            images=e.rows["image"].to_numpy().astype(str),
+            explained_class=np.full(len(e.rows), PNEUMONIA),
+            patients=e.rows["patient"].to_numpy().astype(str),
+            **{f"raw/{m}": v for m, v in e.result.raw.items()},
+            **{f"attr/{m}": v.astype(np.float16) for m, v in attributions.items()},
+            **{f"attr_rows/{m}": rows for m in attributions},
+        )
+
+
 def artifacts(files: ExplainFiles) -> list[Path]:
     """What of a written explain folder goes to MLflow: its tables and figures (not ``maps.npz``, kept for stage
-    consistency only)."""
+    consistency and the viewer only)."""
     return [*(f for f in files.tables if f.is_file()), *sorted(files.dir.glob("*.png"))]
 
 
@@ -387,4 +406,5 @@ __all__ = [
     "network_inputs",
     "save",
     "split_rows",
+    "write_maps",
 ]

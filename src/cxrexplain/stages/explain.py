@@ -3,7 +3,7 @@ explanations with every measure of the registry, draw galleries, and log it all 
 
 Reads ``ws.model(arch, seed)`` (best checkpoint, predictions for a Youden threshold, MLflow run), the cache and the
 split, all checked before any work (the MLflow run too, when logging). Writes ``ws.explain(arch, seed)`` whole, through
-a temporary folder renamed on success (tables, ``maps.npz`` for stage consistency, galleries:
+a temporary folder renamed on success (tables, ``maps.npz`` for stage consistency and the viewer, galleries:
 :mod:`cxrexplain.explain.pipeline`), then ``ws.stage_metrics("explain", arch, seed)``. Every seed's model is explained
 alike, on the same images, subsets and tie orders (the data seed ``seed``), so that the seeds' measures differ only by
 their models.

@@ -1,15 +1,18 @@
 """What the viewer shows of one trained model (architecture and training seed): its explained images and maps.
 
 :func:`load_run` reads, through the :class:`~cxrexplain.workspace.Workspace`, the explain stage's ``maps.npz`` (the
-raw Pneumonia CAMs of every explained image at the target layer's resolution), ``per_image.csv`` (the measures) and
-metrics (the decision threshold), the train stage's ``predictions.csv`` (probability and label) and the cache
-(images and boxes, at the cache's resolution). Each map is shown as the measures saw it: the raw map upsampled
+raw Pneumonia CAMs of every explained image at the target layer's resolution, and the captum methods' normalised
+Pneumonia maps at the network input's resolution on the images they were computed on), ``per_image.csv`` (the
+measures) and metrics (the decision threshold), the train stage's ``predictions.csv`` (probability and label) and
+the cache (images and boxes, at the cache's resolution). Each map is shown as the measures saw it: the map resized
 bilinearly (:func:`cxrexplain.explain.cam.upsample`) and min-max normalised per image
 (:func:`~cxrexplain.explain.cam.normalise`), here to the cache's side instead of the network input's (the same
 content, sampled at the resolution the radiograph is shown at), drawn with the gallery's jet colour map.
 
-Only the CAM methods' maps are kept in ``maps.npz`` (the captum baselines' maps are not stored), so those are the
-methods a reader sees and rates.
+Every image has a map of every CAM method; the captum methods (saliency, integrated gradients, ...) have a
+Pneumonia map only on the images with a box and the explain subset's Pneumonia-predicted images
+(:func:`cxrexplain.explain.evaluate.pneumonia_attributions`), so an image lists only the methods it has a map of
+(:meth:`ViewerRun.available`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -51,11 +54,22 @@ class ViewerRun:
     measures: list[dict]  # the measures of per_image.csv with a value: name, label, better
     cache: np.ndarray  # (images, side, side) uint8, memory-mapped
     rows: np.ndarray  # the cache row of each item
-    raw: dict[str, np.ndarray]  # method -> (items, h, w) raw Pneumonia maps
+    raw: dict[str, np.ndarray]  # CAM method -> (items, h, w) raw Pneumonia maps
+    attributions: dict[str, np.ndarray] = field(default_factory=dict)  # captum method -> (K, H, W) in [0, 1]
+    attribution_rows: dict[str, np.ndarray] = field(default_factory=dict)  # captum method -> the K items it covers
 
     def __post_init__(self) -> None:
         self.radiograph_png = lru_cache(maxsize=512)(self._radiograph_png)
         self.overlay_png = lru_cache(maxsize=1024)(self._overlay_png)
+        self._at = {m: {int(item): k for k, item in enumerate(rows)} for m, rows in self.attribution_rows.items()}
+        self._available = [
+            [k for k, m in enumerate(self.methods) if m in self.raw or item in self._at.get(m, {})]
+            for item in range(len(self.items))
+        ]
+
+    def available(self, item: int) -> list[int]:
+        """The indices (into :attr:`methods`) of the methods with a map of ``item``, in the methods' order."""
+        return self._available[item]
 
     @property
     def side(self) -> int:
@@ -70,13 +84,19 @@ class ViewerRun:
         return buffer.getvalue()
 
     def map_at_cache_size(self, method: str, item: int) -> np.ndarray:
-        """``method``'s map of ``item`` upsampled to the cache's side and normalised to [0, 1] (float32)."""
+        """``method``'s map of ``item`` resized to the cache's side and normalised to [0, 1] (float32): a CAM's raw
+        map, or a captum map (a ``KeyError`` where ``item`` has none)."""
         import torch
 
         from cxrexplain.explain.cam import normalise, upsample
 
-        raw = torch.from_numpy(np.asarray(self.raw[method][item : item + 1], dtype=np.float32))
-        return normalise(upsample(raw, (self.cache.shape[1], self.cache.shape[2])))[0].numpy()
+        if method in self.raw:
+            stored = self.raw[method][item : item + 1]
+        else:
+            k = self._at[method][item]
+            stored = self.attributions[method][k : k + 1]
+        maps = torch.from_numpy(np.asarray(stored, dtype=np.float32))
+        return normalise(upsample(maps, (self.cache.shape[1], self.cache.shape[2])))[0].numpy()
 
     def _overlay_png(self, method: str, item: int) -> bytes:
         """The jet-coloured map (RGB PNG, opaque; the page blends it over the radiograph with its opacity)."""
@@ -132,7 +152,7 @@ def load_run(ws: Workspace, arch: str, seed: int) -> ViewerRun:
             f"{explain.maps}: images {', '.join(missing[:3])} are not in {ws.cache.index} or {model.predictions} "
             f"(outputs of different runs?); re-run `dvc repro {stage_name('explain', arch, seed)}`"
         )
-    methods = list(maps.raw)
+    methods = [*maps.raw, *(m for m in maps.attributions if m not in maps.raw)]
     measures, values = _measures(pd.read_csv(explain.per_image), methods)
     labels = predictions.loc[maps.images, "label"].to_numpy().astype(int)
     probability = predictions.loc[maps.images, "probability"].to_numpy().astype(float)
@@ -151,12 +171,15 @@ def load_run(ws: Workspace, arch: str, seed: int) -> ViewerRun:
         for k, image in enumerate(maps.images)
     ]
     rows = by_image.loc[maps.images, "row"].to_numpy().astype(int)
-    return ViewerRun(arch, seed, threshold, methods, items, measures, cache, rows, maps.raw)
+    return ViewerRun(
+        arch, seed, threshold, methods, items, measures, cache, rows, maps.raw, maps.attributions, maps.attribution_rows
+    )
 
 
 def blinded_order(reader: str, items: int, methods: int) -> tuple[list[int], list[list[int]]]:
     """A reader's own random order of the items and, per item, of the methods: seeded by the reader id alone
-    (SHA-256), so the same reader gets the same order in every session and two readers different ones."""
+    (SHA-256), so the same reader gets the same order in every session and two readers different ones. (An item
+    without some methods' maps shows the others in this order: the session leaves the missing ones out.)"""
     seed = int.from_bytes(hashlib.sha256(reader.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
     order = rng.permutation(items).tolist()

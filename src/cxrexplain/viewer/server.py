@@ -13,13 +13,14 @@ A :class:`~http.server.ThreadingHTTPServer` bound to 127.0.0.1 (never another in
   is read back under an exclusive lock on the ratings folder before each change and each answer with ratings, so two
   viewers of the same reader (two models, two processes) never write over each other's ratings.
 
-A *slot* is the position of a map under its image. Unblinded, slot ``k`` is method ``k`` and the page names it.
-Blinded (``blinded=True``), the page never learns the method names: the items come in the reader's own random order
-and each image's methods in a random order of their own (:func:`cxrexplain.viewer.data.blinded_order`, seeded by the
-reader id), shown as "map 1", "map 2", ...; the server maps a slot back to its method when it saves, and sends no
-measures (they would tell the methods apart). Requests must name the server's own host (``Host: 127.0.0.1:<port>``
-or ``localhost:<port>``) and a rating must come as ``application/json``, so that no other web page the reader has
-open can post ratings.
+A *slot* is the position of a map under its image, among the methods with a map of that image
+(:meth:`~cxrexplain.viewer.data.ViewerRun.available`: every CAM; the captum methods only on some images). Unblinded,
+the slots follow the methods' order and the page names each. Blinded (``blinded=True``), the page never learns the
+method names: the items come in the reader's own random order and each image's methods in a random order of their
+own (:func:`cxrexplain.viewer.data.blinded_order`, seeded by the reader id), shown as "map 1", "map 2", ...; the
+server maps a slot back to its method when it saves, and sends no measures (they would tell the methods apart).
+Requests must name the server's own host (``Host: 127.0.0.1:<port>`` or ``localhost:<port>``) and a rating must come
+as ``application/json``, so that no other web page the reader has open can post ratings.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class Session:
     def __init__(self, run: ViewerRun, reader: str, ratings_file: Path, *, blinded: bool) -> None:
         self.run, self.reader, self.file, self.blinded = run, rt.check_reader(reader), Path(ratings_file), blinded
         n, k = len(run.items), len(run.methods)
-        self.order, self.slots = blinded_order(reader, n, k) if blinded else (list(range(n)), [list(range(k))] * n)
+        self.order, slots = blinded_order(reader, n, k) if blinded else (list(range(n)), [list(range(k))] * n)
+        # per item, the methods (indices into run.methods) of its slots: those with a map of it, in the order above
+        self.slots = [[m for m in slots[i] if m in set(run.available(i))] for i in range(n)]
         self.table = rt.read_reader(self.file)  # checked before the server starts: a bad file stops `view`
         self.lock = threading.Lock()
 
@@ -96,7 +99,7 @@ class Session:
         mine = self._mine()
         out: dict[str, dict[str, dict]] = {}
         for item, entry in enumerate(self.run.items):
-            for slot in range(len(self.run.methods)):
+            for slot in range(len(self.slots[item])):
                 found = mine.get((entry["image"], self.method(item, slot)))
                 if found:
                     out.setdefault(str(item), {})[str(slot)] = found
@@ -105,8 +108,8 @@ class Session:
     def state(self) -> dict:
         r = self.run
         maps = [
-            [{"slot": s, "name": f"map {s + 1}" if self.blinded else self.method(i, s)} for s in range(len(r.methods))]
-            for i in range(len(r.items))
+            [{"slot": s, "name": f"map {s + 1}" if self.blinded else self.method(i, s)} for s in range(len(slots))]
+            for i, slots in enumerate(self.slots)
         ]
         items = []
         for i in self.order:
@@ -134,7 +137,7 @@ class Session:
             rating, artefact, note = (str(body.get(k) or "") for k in ("rating", "artefact", "note"))
         except (KeyError, TypeError, ValueError):
             raise CxrError("a rating needs item, slot (numbers) and rating") from None
-        if not (0 <= item < len(self.run.items) and 0 <= slot < len(self.run.methods)):
+        if not (0 <= item < len(self.run.items) and 0 <= slot < len(self.slots[item])):
             raise CxrError(f"no map {slot} of image {item}")
         key = {
             "reader": self.reader,
@@ -204,7 +207,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({"error": str(error)}, HTTPStatus.INTERNAL_SERVER_ERROR)
         if (m := _IMAGE.fullmatch(path)) and int(m[1]) < len(s.run.items):
             return self._send(HTTPStatus.OK, s.run.radiograph_png(int(m[1])), "image/png", cache=True)
-        if (m := _MAP.fullmatch(path)) and int(m[1]) < len(s.run.items) and int(m[2]) < len(s.run.methods):
+        if (m := _MAP.fullmatch(path)) and int(m[1]) < len(s.run.items) and int(m[2]) < len(s.slots[int(m[1])]):
             png = s.run.overlay_png(s.method(int(m[1]), int(m[2])), int(m[1]))
             return self._send(HTTPStatus.OK, png, "image/png", cache=True)
         return self._json({"error": f"not found: {path}"}, HTTPStatus.NOT_FOUND)
