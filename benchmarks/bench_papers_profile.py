@@ -13,7 +13,8 @@ occluded quarters and 50 bootstrap resamples. It prints
 each stage's time (from DVC's output) and checks that the report has the cross-architecture and the
 confidence-increase sections with every backbone in them. Its numbers test the machinery, not the methods: synthetic
 data, not medical evidence.
-Not part of the test suite (about an hour on a 2-core CPU: see the README); nothing here is asserted by the tests.
+Not part of the test suite (about 25 minutes on a shared 2-core CPU: see the README); nothing here is asserted by the
+tests.
 """
 
 from __future__ import annotations
