@@ -62,7 +62,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for blinded, name in ((False, "viewer.png"), (True, "viewer_blinded.png")):
-                session = Session(run, "demo", Path(scratch) / f"demo{int(blinded)}.csv", blinded=blinded)
+                # the file is named after its reader (the server checks it): one folder per mode
+                (Path(scratch) / str(int(blinded))).mkdir()
+                session = Session(run, "demo", Path(scratch) / str(int(blinded)) / "demo.csv", blinded=blinded)
                 with serving(session) as url:
                     driver.get(url)
                     WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".thumb"))
@@ -70,7 +72,7 @@ def main() -> None:
                     Select(driver.find_element(By.ID, "f-box")).select_by_value("yes")
                     body = driver.find_element(By.TAG_NAME, "body")
                     body.send_keys("1", Keys.ARROW_DOWN, "2")
-                    WebDriverWait(driver, 10).until(lambda d, s=session: len(s.table) == 2)
+                    WebDriverWait(driver, 10).until(lambda d, s=session: len(s.table) == 2, f"ratings: {session.table}")
                     body.send_keys(Keys.ARROW_UP)
                     settle(driver)
                     driver.save_screenshot(str(args.out / name))
