@@ -13,7 +13,7 @@ occluded quarters and 50 bootstrap resamples. It prints
 each stage's time (from DVC's output) and checks that the report has the cross-architecture and the
 confidence-increase sections with every backbone in them. Its numbers test the machinery, not the methods: synthetic
 data, not medical evidence.
-Not part of the test suite (about 25 minutes on a shared 2-core CPU: see the README); nothing here is asserted by the
+Not part of the test suite (633 s on an idle 2-core CPU: see the README); nothing here is asserted by the
 tests.
 """
 
