@@ -36,6 +36,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from captum.attr import LayerGradCam
+from pgc_adapters import Logits
 from pytorch_grad_cam import GradCAM
 from rich.console import Console
 from rich.table import Table
@@ -47,19 +48,8 @@ from cxrexplain.explain.cam import class_scores, compute_cams, normalise, upsamp
 from cxrexplain.explain.measures import consistency, localisation, sanity
 from cxrexplain.explain.measures.faithfulness import deletion_insertion
 from cxrexplain.explain.measures.registry import MEASURES, MeasureBatch, MeasureOptions
-from cxrexplain.models.backbones import Classifier, build_classifier
+from cxrexplain.models.backbones import build_classifier
 from cxrexplain.names import PATCH_SIZES
-
-
-class Logits(nn.Module):
-    """pytorch-grad-cam expects (B, C) outputs: the classifier's logits as (B, 1)."""
-
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).unsqueeze(1)
 
 
 def median_seconds(call: Callable[[], object], repeats: int, device: str) -> float:

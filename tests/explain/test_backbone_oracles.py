@@ -56,6 +56,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import DeepLift, GuidedGradCam
+from pgc_adapters import Logits, Signed, calibrate, targets, vit_reshape
 from pytorch_grad_cam import AblationCAM, ScoreCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
@@ -65,6 +66,7 @@ from torch.testing import assert_close
 from cxrexplain.config import ARCHS
 from cxrexplain.explain.attributions import (
     BLACK,
+    SignedModel,
     deeplift,
     guided_backprop,
     guided_gradcam,
@@ -79,12 +81,12 @@ from cxrexplain.explain.cam import (
     upsample,
 )
 from cxrexplain.models.backbones import BACKBONES, Classifier, build_classifier, from_torchvision
-from pgc_adapters import Logits, calibrate, targets, vit_reshape
+from cxrexplain.names import ACTIVATIONS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RELU_ARCHS = [a for a in ARCHS if a not in ("efficientnet_b0", "vit_b_16")]
-"""The backbones whose every non-linearity is a ReLU (EfficientNet-B0: SiLU; ViT: GELU)."""
+RELU_ARCHS = [a for a in ARCHS if ACTIVATIONS[a] == "ReLU"]
+"""The backbones whose every non-linearity is a ReLU (``names.ACTIVATIONS``; EfficientNet-B0: SiLU; ViT: GELU)."""
 
 
 @dataclass
@@ -232,28 +234,6 @@ def test_ablation_cam_equals_pytorch_grad_cam(backbone):
 # ---------------------------------------------------------------------------- guided backprop, Guided Grad-CAM
 
 
-class _Signed(nn.Module):
-    """pgc's guided model explains ``output[0, category]``: the signed score as a (B, 1) output."""
-
-    def __init__(self, model: nn.Module, sign: float) -> None:
-        super().__init__()
-        self.model, self.sign = model, sign
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) * self.sign).unsqueeze(1)
-
-
-class _SignedModel(nn.Module):
-    """captum's form: ``forward(x, sign) = sign · model(x)`` (B,)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        return self.model(x).reshape(-1) * sign
-
-
 @pytest.mark.parametrize("backbone", _archs(RELU_ARCHS, heavy=RELU_ARCHS), indirect=True)
 def test_guided_backprop_equals_pytorch_grad_cam(backbone):
     b = backbone
@@ -261,7 +241,7 @@ def test_guided_backprop_equals_pytorch_grad_cam(backbone):
     ours = guided_backprop(b.model64, x, classes)
     copied = copy.deepcopy(b.model64)  # pgc swaps the ReLU modules and back to new non-in-place ones
     for i, sign in enumerate((1.0, -1.0)):
-        reference = GuidedBackpropReLUModel(_Signed(copied, sign), device="cpu")
+        reference = GuidedBackpropReLUModel(Signed(copied, sign), device="cpu")
         theirs = torch.from_numpy(reference(x[i : i + 1].clone(), target_category=0))[..., 0]
         assert theirs.abs().amax() > 0
         assert_close(ours[i], theirs, atol=1e-9 * theirs.abs().amax().item(), rtol=1e-9)
@@ -273,7 +253,7 @@ def test_guided_gradcam_equals_captum_and_guided_backprop_times_gradcam(backbone
     classes = torch.tensor([1, 0])
     ours = guided_gradcam(b.model, b.images, classes)
     sign = signs(classes, b.images)
-    theirs = GuidedGradCam(_SignedModel(b.model), b.model.features).attribute(
+    theirs = GuidedGradCam(SignedModel(b.model), b.model.features).attribute(
         b.images, additional_forward_args=(sign,), interpolate_mode="bilinear"
     )
     assert_close(ours, theirs.sum(dim=1), atol=1e-6, rtol=1e-5)
@@ -293,7 +273,7 @@ def test_deeplift_equals_captum_on_the_relu_network_and_is_complete(backbone):
     model, x, c = b.model64, b.images.double(), torch.tensor([1, 0])
     ours = deeplift(model, x, c)
     network = relu_network(model)
-    theirs = DeepLift(_SignedModel(network)).attribute(x, baselines=BLACK, additional_forward_args=(signs(c, x),))
+    theirs = DeepLift(SignedModel(network)).attribute(x, baselines=BLACK, additional_forward_args=(signs(c, x),))
     assert_close(ours, theirs.detach().sum(dim=1), atol=1e-9 * ours.abs().amax().item(), rtol=1e-9)
     with torch.no_grad():
         assert_close(network(x), model(x), atol=1e-9, rtol=1e-9)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from pgc_adapters import Logits, calibrate, targets, vit_reshape
 from pytorch_grad_cam import EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
@@ -61,7 +62,6 @@ from cxrexplain.explain.cam import (
     xgradcam,
 )
 from cxrexplain.models.backbones import BACKBONES, Classifier, build_classifier, from_torchvision
-from pgc_adapters import Logits, calibrate, targets, vit_reshape
 
 PGC = {
     "gradcam": GradCAM,

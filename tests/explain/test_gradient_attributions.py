@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import DeepLift, GuidedGradCam, InputXGradient
+from pgc_adapters import Signed
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from torch import nn
 from torch.testing import assert_close
@@ -20,6 +21,7 @@ from cxrexplain.explain.attributions import (
     ATTRIBUTION_METHODS,
     BLACK,
     ReluMaxPool2d,
+    SignedModel,
     compute_attributions,
     deeplift,
     guided_backprop,
@@ -59,26 +61,6 @@ def test_linear_model_exact_values():
     assert_close(sg, torch.stack([W, -W]))
 
 
-class _Signed(nn.Module):
-    """pytorch-grad-cam's guided model explains ``output[0, category]``: the signed score as a (B, 1) output."""
-
-    def __init__(self, model: nn.Module, sign: float) -> None:
-        super().__init__()
-        self.model, self.sign = model, sign
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) * self.sign).unsqueeze(1)
-
-
-class _SignedModel(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        return self.model(x).reshape(-1) * sign
-
-
 @dataclass
 class Case:
     arch: str
@@ -99,7 +81,7 @@ def case(request) -> Case:
 def test_guided_backprop_equals_pytorch_grad_cam(case):
     ours = guided_backprop(case.model, case.images, case.classes)
     for i, sign in enumerate((1.0, -1.0)):
-        reference = GuidedBackpropReLUModel(copy.deepcopy(_Signed(case.model, sign)), device="cpu")
+        reference = GuidedBackpropReLUModel(copy.deepcopy(Signed(case.model, sign)), device="cpu")
         theirs = torch.from_numpy(reference(case.images[i : i + 1].clone(), target_category=0))[..., 0]
         assert theirs.abs().amax() > 0
         assert_close(ours[i], theirs, atol=1e-6, rtol=1e-5)
@@ -108,7 +90,7 @@ def test_guided_backprop_equals_pytorch_grad_cam(case):
 def test_guided_gradcam_equals_captum_and_the_pytorch_grad_cam_recipe(case):
     ours = guided_gradcam(case.model, case.images, case.classes)
     sign = signs(case.classes, case.images)
-    theirs = GuidedGradCam(_SignedModel(case.model), case.model.features).attribute(
+    theirs = GuidedGradCam(SignedModel(case.model), case.model.features).attribute(
         case.images, additional_forward_args=(sign,), interpolate_mode="bilinear"
     )
     assert_close(ours, theirs.sum(dim=1), atol=1e-6, rtol=1e-5)
@@ -137,7 +119,7 @@ def test_deeplift_completeness_on_the_model_and_why_a_relu_network(case):
     assert_close(attributions.sum(dim=(1, 2)), delta, atol=1e-5, rtol=1e-4)
     # captum on the model itself: ResNet reuses each block's ReLU (refused), DenseNet's max-pool rule breaks
     # completeness: hence relu_network
-    raw = DeepLift(_SignedModel(case.model))
+    raw = DeepLift(SignedModel(case.model))
     if case.arch == "resnet18":
         with pytest.raises(RuntimeError, match="used more than once"):
             raw.attribute(x, baselines=BLACK, additional_forward_args=(signs(c, x),))

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from pgc_adapters import Logits, targets
 from pytorch_grad_cam import AblationCAM, ScoreCAM
 from torch import nn
 from torch.testing import assert_close
@@ -31,7 +32,6 @@ from cxrexplain.explain.cam import (
     score_logits,
 )
 from cxrexplain.models.backbones import Classifier, build_classifier
-from pgc_adapters import Logits, targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -353,7 +353,7 @@ def relu_network(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------- gradient methods and SmoothGrad
 
 
-class _SignedModel(nn.Module):
+class SignedModel(nn.Module):
     """``forward(x, sign) = sign · model(x)`` as a module: captum's hook-based methods need an ``nn.Module``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -377,7 +377,7 @@ def _make_input_x_gradient(model: nn.Module, batch_size: int) -> Made:
 
 
 def _make_guided_backprop(model: nn.Module, batch_size: int) -> Made:
-    return _captum().GuidedBackprop(_SignedModel(model)), {}, 1
+    return _captum().GuidedBackprop(SignedModel(model)), {}, 1
 
 
 def _make_guided_gradcam(model: nn.Module, batch_size: int) -> Made:
@@ -390,12 +390,12 @@ def _make_guided_gradcam(model: nn.Module, batch_size: int) -> Made:
             f"{getattr(model, 'arch', type(model).__name__)}'s CAM map is computed from its token map: not supported "
             "for it (leave guided_gradcam out of explain.attributions for this backbone)"
         )
-    signed = _SignedModel(model)
+    signed = SignedModel(model)
     return _captum().GuidedGradCam(signed, signed.model.features), {"interpolate_mode": "bilinear"}, 1
 
 
 def _make_deeplift(model: nn.Module, batch_size: int, baseline: float = BLACK) -> Made:
-    return _captum().DeepLift(_SignedModel(relu_network(model))), {"baselines": baseline}, 2
+    return _captum().DeepLift(SignedModel(relu_network(model))), {"baselines": baseline}, 2
 
 
 def _make_integrated_gradients(model: nn.Module, batch_size: int, n_steps: int = 32, baseline: float = BLACK) -> Made:

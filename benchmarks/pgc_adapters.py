@@ -1,7 +1,8 @@
-"""What the oracle tests need to run pytorch-grad-cam 1.5.7 (pgc) on this project's single-logit classifiers: the
-logits as pgc's (B, C) output, the study's binary targets as pgc targets, its ViT ``reshape_transform``, and the
-calibration that makes a random model's maps informative. Shared by tests/explain/test_cam.py,
-test_perturbation_cams.py and test_backbone_oracles.py."""
+"""What it takes to run pytorch-grad-cam 1.5.7 (pgc) on this project's single-logit classifiers: the logits as pgc's
+(B, C) output, a signed score for its guided-backpropagation model, the study's binary targets as pgc targets, its ViT
+``reshape_transform``, and the calibration that makes a random model's maps informative. Shared by the oracle tests
+(tests/explain/test_cam.py, test_perturbation_cams.py, test_backbone_oracles.py, test_gradient_attributions.py) and
+benchmarks/bench_explain.py (pytest's ``pythonpath`` names benchmarks/). Not a benchmark itself."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ class Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).unsqueeze(1)
+
+
+class Signed(nn.Module):
+    """pgc's guided model explains ``output[0, category]``: the score of class 1 (``sign`` 1) or 0 (``sign`` −1) as a
+    (B, 1) output."""
+
+    def __init__(self, model: nn.Module, sign: float) -> None:
+        super().__init__()
+        self.model, self.sign = model, sign
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) * self.sign).unsqueeze(1)
 
 
 def targets(classes: list[int]) -> list:
