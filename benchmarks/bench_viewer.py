@@ -1,14 +1,17 @@
 """The viewer with a few hundred images: server-side costs, and the page in headless Chromium when it is installed.
 
-    python benchmarks/bench_viewer.py [--images 100 400] [--side 256] [--grid 8] [--methods 6] [--no-browser]
+    python benchmarks/bench_viewer.py [--images 100 400] [--side 256] [--grid 8] [--methods 6] [--attributions 4]
+                                      [--net 224] [--no-browser]
 
 Writes, in a temporary folder, what the sample, train and explain stages leave for one model (the formats of
-tests/viewer_workspace.py) with ``--images`` explained images of ``--side`` pixels and raw maps of ``--grid``² cells
-(ResNet-50 at 256 px: 8×8), then times: ``load_run`` (reading every output), the page's state (``/api/state``,
-first and again: a process's first request pays one-time imports) and its size, one radiograph and one map overlay
-made on first request and served again, a rating saved (the reader's CSV read back and rewritten atomically, with
-one rating per map already in it), and, with Chromium, the page from navigation to its list of images drawn and 20
-steps to the next image (each until its map overlay is loaded).
+tests/viewer_workspace.py) with ``--images`` explained images of ``--side`` pixels, raw CAM maps of ``--grid``² cells
+(ResNet-50 at 256 px: 8×8) and ``--attributions`` captum methods' maps at the network input (``--net`` px, float16,
+on the Pneumonia images: as the explain stage stores them where a box gives a localisation map), then times:
+``load_run`` (reading every output), the page's state (``/api/state``, first and again: a process's first request
+pays one-time imports) and its size, one radiograph and one map overlay made on first request and served again, a
+rating saved (the reader's CSV read back and rewritten atomically, with one rating per map already in it), and, with
+Chromium, the page from navigation to its list of images drawn and 20 steps to the next image (each until its map
+overlay is loaded).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ from cxrexplain.viewer.server import Session, serving
 from cxrexplain.workspace import Workspace
 
 METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
+ATTRIBUTIONS = ("saliency", "integrated_gradients", "occlusion", "gradient_shap")  # the study's captum baselines
 
 
-def write_run(root: Path, images: int, side: int, grid: int, methods: int) -> Workspace:
+def write_run(
+    root: Path, images: int, side: int, grid: int, methods: int, attributions: int = 0, net: int = 224
+) -> Workspace:
     ws, rng = Workspace(root), np.random.default_rng(0)
     names = [f"{k:08d}_000.png" for k in range(images)]
     labels = rng.integers(0, 2, images)
@@ -50,19 +56,28 @@ def write_run(root: Path, images: int, side: int, grid: int, methods: int) -> Wo
     predictions.to_csv(ws.model("resnet50", 42).predictions, index=False)
     explain = ws.explain("resnet50", 42)
     explain.dir.mkdir(parents=True)
-    chosen = METHODS[:methods]
+    chosen, captum = METHODS[:methods], ATTRIBUTIONS[:attributions]
+    boxed = np.flatnonzero(labels)
+
+    def attribution(method: str) -> np.ndarray:  # min-max normalised per map, as the explain stage stores them
+        maps = np.random.default_rng(sum(map(ord, method))).random((len(boxed), net, net))
+        low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+        return ((maps - low) / (high - low)).astype(np.float16)
+
     np.savez_compressed(
         explain.maps,
         images=np.array(names),
         explained_class=np.ones(images, dtype=np.int64),
         patients=np.array([str(k) for k in range(images)]),
         **{f"raw/{m}": rng.random((images, grid, grid), dtype=np.float32) for m in chosen},
+        **{f"attr/{m}": attribution(m) for m in captum},
+        **{f"attr_rows/{m}": boxed.astype(np.int64) for m in captum},
     )
     per_image = pd.DataFrame(
         [
             {"method": m, "index": k, "image": names[k], "explained_class": 1, "pointing": float(rng.integers(0, 2))}
             | {"energy": rng.random(), "deletion": rng.random()}
-            for m in chosen
+            for m in (*chosen, *captum)
             for k in range(images)
             if labels[k]
         ]
@@ -126,26 +141,31 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--grid", type=int, default=8)
     parser.add_argument("--methods", type=int, default=6)
+    parser.add_argument("--attributions", type=int, default=4, help="captum methods' maps (0-4)")
+    parser.add_argument("--net", type=int, default=224, help="network input side: the captum maps' resolution")
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as `cxrexplain view` does
     browser = not args.no_browser and shutil.which("chromium") and shutil.which("chromedriver")
-    table = Table(title=f"viewer: {args.side} px images, {args.grid}x{args.grid} maps, {args.methods} methods (ms)")
+    table = Table(
+        title=f"viewer: {args.side} px images, {args.methods} CAMs ({args.grid}x{args.grid} maps), "
+        f"{args.attributions} captum methods ({args.net} px maps, Pneumonia images) (ms)"
+    )
     columns = ["images", "load_run", "state 1st", "state again", "state KB", "image 1st", "overlay 1st"]
     columns += ["overlay again", "rating saved"]
     for column in columns + (["page open", "next image"] if browser else []):
         table.add_column(column, justify="right")
     for n in args.images:
         with tempfile.TemporaryDirectory() as folder:
-            ws = write_run(Path(folder), n, args.side, args.grid, args.methods)
+            ws = write_run(Path(folder), n, args.side, args.grid, args.methods, args.attributions, args.net)
             load_ms, run = timed(lambda ws=ws: load_run(ws, "resnet50", 42))
             file = ws.ratings.reader("bench")
             rows = [
                 {c: "" for c in rt.COLUMNS}
                 | {"reader": "bench", "arch": "resnet50", "seed": 42, "image": item["image"], "method": m}
                 | {"rating": "off", "blinded": "False"}
-                for item in run.items
-                for m in run.methods
+                for k, item in enumerate(run.items)
+                for m in (run.methods[j] for j in run.available(k))
             ]
             rt.write_reader(file, pd.DataFrame(rows))  # every map rated once already: the largest file
             session = Session(run, "bench", file, blinded=False)

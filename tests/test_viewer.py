@@ -270,3 +270,31 @@ def test_view_command_checks_before_serving(ws) -> None:
     )
     unknown_seed = cli("view", "--params", str(PARAMS_FILE), "--seed", "7", "--reader", "a", cwd=ws.root)
     assert unknown_seed.returncode == 2 and "seed 7 is not one of the training seeds" in unknown_seed.stderr
+
+
+def test_a_dropped_connection_is_not_a_traceback_but_a_bug_is_logged(ws, capsys, caplog) -> None:
+    """A reader closing the tab while an overlay is sent (BrokenPipeError in the handler) prints nothing; any other
+    error of a request is logged with its traceback."""
+    import logging
+
+    from cxrexplain.viewer.server import make_server
+
+    server = make_server(Session(load_run(ws, ARCH, SEED), "ann", ws.ratings.reader("ann"), blinded=False))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="cxrexplain"):
+            try:
+                raise BrokenPipeError(32, "Broken pipe")
+            except BrokenPipeError:
+                server.handle_error(None, ("127.0.0.1", 5000))
+            try:
+                raise KeyError("a bug")
+            except KeyError:
+                server.handle_error(None, ("127.0.0.1", 5001))
+    finally:
+        server.server_close()
+    assert capsys.readouterr().err == ""
+    levels = [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records if "viewer:" in r.getMessage()]
+    assert levels == [
+        ("DEBUG", "viewer: 127.0.0.1 closed the connection (BrokenPipeError)", False),
+        ("ERROR", "viewer: a request from 127.0.0.1 failed", True),
+    ]

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -233,14 +234,28 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
 
 
+class _Server(ThreadingHTTPServer):
+    """A reader who closes the tab or moves on while an overlay is still being sent drops the connection: that is
+    logged at debug level, not printed as socketserver's traceback; any other error of a request is logged with its
+    traceback (a bug of this viewer)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):  # BrokenPipeError, ConnectionResetError, ConnectionAbortedError
+            log.debug("viewer: %s closed the connection (%s)", client_address[0], type(error).__name__)
+            return
+        log.error("viewer: a request from %s failed", client_address[0], exc_info=error)
+
+
 def make_server(session: Session, port: int = 0) -> ThreadingHTTPServer:
     """A server on 127.0.0.1:``port`` (0: a free one) for ``session``; a port in use is a :class:`CxrError`."""
     handler = type("SessionHandler", (Handler,), {"session": session})
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server = _Server(("127.0.0.1", port), handler)
     except OSError as error:
         raise CxrError(f"cannot listen on 127.0.0.1:{port} ({error.strerror}); choose another --port") from None
-    server.daemon_threads = True
     return server
 
 
