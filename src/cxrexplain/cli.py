@@ -253,8 +253,11 @@ def view(
     session = Session(load_run(ws, arch, seed), reader, ws.ratings.reader(reader), blinded=blind)
     server = make_server(session, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
+    run = session.run
+    counts = sorted({len(run.available(k)) for k in range(len(run.items))})
+    maps = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     typer.echo(
-        f"viewer of {arch} seed {seed}: {len(session.run.items)} images, {len(session.run.methods)} maps each; "
+        f"viewer of {arch} seed {seed}: {len(run.items)} images, {maps} maps each ({len(run.methods)} methods); "
         f"reader {reader!r}{' (blinded)' if blind else ''}, ratings saved to {session.file} as you give them.\n"
         f"open {url}  (Ctrl-C stops the viewer)"
     )
