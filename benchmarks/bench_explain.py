@@ -30,7 +30,6 @@ Nothing here is asserted by the tests; numbers depend on the machine (on a share
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -53,17 +52,8 @@ from cxrexplain.names import PATCH_SIZES
 
 
 def median_seconds(call: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of ``call`` over ``repeats`` runs after one warm-up run."""
-    times = []
-    for _ in range(repeats + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        call()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
+    """Median wall time of ``call`` (:func:`timing.timed`) over ``repeats`` runs after one warm-up run."""
+    return float(np.median([timed(call, device) for _ in range(repeats + 1)][1:]))
 
 
 def bench_arch(

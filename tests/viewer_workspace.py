@@ -89,54 +89,31 @@ def make_workspace(root: Path) -> Workspace:
         **{f"attr_rows/{m}": np.array(ATTRIBUTION_ROWS, dtype=np.int64) for m in ATTRIBUTIONS},
     )
     rows = []
+
+    def row(method: str, k: int, explained_class: int, has_box: bool, **measures: float) -> dict:
+        """One per_image.csv row of image ``k``'s map; the measures not given are NaN."""
+        image, patient, label, p, _ = IMAGES[k]
+        return {
+            "method": method,
+            "index": k,
+            "image": image,
+            "explained_class": explained_class,
+            "patient": patient,
+            "label": label,
+            "probability": p,
+            "has_box": has_box,
+            "pointing": np.nan,
+            "energy": np.nan,
+            "deletion": np.nan,
+        } | measures
+
     for method in METHODS:
-        for k, (image, patient, label, p, boxes) in enumerate(IMAGES):
+        for k, (_, _, _, _, boxes) in enumerate(IMAGES):
             if boxes:  # the localisation rows: class-1 maps of the boxed images
-                rows.append(
-                    {
-                        "method": method,
-                        "index": k,
-                        "image": image,
-                        "explained_class": 1,
-                        "patient": patient,
-                        "label": label,
-                        "probability": p,
-                        "has_box": True,
-                        "pointing": float((k + len(method)) % 2),
-                        "energy": 0.1 * (k + 1),
-                        "deletion": np.nan,
-                    }
-                )
-        rows.append(  # one faithfulness row of a No Finding decision map
-            {
-                "method": method,
-                "index": 3,
-                "image": IMAGES[3][0],
-                "explained_class": 0,
-                "patient": IMAGES[3][1],
-                "label": 0,
-                "probability": IMAGES[3][3],
-                "has_box": False,
-                "pointing": np.nan,
-                "energy": np.nan,
-                "deletion": 0.25 if method == "gradcam" else 0.5,
-            }
-        )
-        rows.append(  # the faithfulness row of image 6's decision map, of class Pneumonia
-            {
-                "method": method,
-                "index": 6,
-                "image": IMAGES[6][0],
-                "explained_class": 1,
-                "patient": IMAGES[6][1],
-                "label": 1,
-                "probability": IMAGES[6][3],
-                "has_box": False,
-                "pointing": np.nan,
-                "energy": np.nan,
-                "deletion": 0.75,
-            }
-        )
+                rows.append(row(method, k, 1, True, pointing=float((k + len(method)) % 2), energy=0.1 * (k + 1)))
+        # one faithfulness row of a No Finding decision map, and the one of image 6's decision map (Pneumonia)
+        rows.append(row(method, 3, 0, False, deletion=0.25 if method == "gradcam" else 0.5))
+        rows.append(row(method, 6, 1, False, deletion=0.75))
     pd.DataFrame(rows).to_csv(explain.per_image, index=False)
     metrics = ws.stage_metrics("explain", ARCH, SEED)
     metrics.parent.mkdir(parents=True)
